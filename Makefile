@@ -1,0 +1,57 @@
+# charrnn: every target installs into the *current* Python environment (the `python3`
+# on PATH, or PYTHON=...). Use a virtualenv first if you want isolation:
+#   python3 -m venv .venv && . .venv/bin/activate && make demo
+PYTHON ?= python3
+PIP    ?= $(PYTHON) -m pip
+DEMO_DIR ?= demo
+
+.PHONY: help install install-dev install-torch install-mpi demo test test-fast lint bench bench-quality soak clean
+
+help:
+	@echo "make demo          install, prepare a built-in corpus, train ~1 minute, sample"
+	@echo "make test          install test dependencies and run the whole suite"
+	@echo "make bench         side-by-side benchmarks against PyTorch (installs the [torch] extra)"
+	@echo "make bench-quality 10-minute tinyshakespeare quality run (opt-in)"
+	@echo "make soak          200 train/kill/resume cycles (opt-in)"
+	@echo "make install-mpi   Open MPI (apt) + mpi4py, for mpirun -n N charrnn train"
+
+install:
+	$(PIP) install -q -e .
+
+install-dev:
+	$(PIP) install -q -e '.[dev]'
+
+install-torch:
+	$(PIP) install -q -e '.[torch]'
+
+install-mpi:
+	@command -v mpirun >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null) \
+	    || echo "make install-mpi: could not install Open MPI with apt-get (need root?)" >&2; \
+	  else echo "make install-mpi: install Open MPI with your package manager" >&2; fi; }
+	@command -v mpirun >/dev/null 2>&1 && $(PIP) install -q -e '.[mpi]' || true
+
+demo: install
+	charrnn prepare --corpus python-stdlib -o $(DEMO_DIR)/data --force
+	charrnn train $(DEMO_DIR)/data -o $(DEMO_DIR)/run --restart --max-time 1m \
+	    --layers 2 --hidden 128 --seq-len 64 --batch-size 32 --eval-every 100
+	charrnn sample $(DEMO_DIR)/run -n 600 --temperature 0.8 --seed 1
+
+test: install-dev
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check charrnn tests benchmarks
+
+bench: install-torch
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/run.py --out benchmarks/results.md
+
+bench-quality: install
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/quality.py
+
+soak: install-dev
+	CHARRNN_SOAK=1 $(PYTHON) -m pytest -q tests/test_soak.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache $(DEMO_DIR)

@@ -1,0 +1,176 @@
+"""The ``charrnn`` command: a thin layer over the library.
+
+Each subcommand lives in ``charrnn/commands/<name>.py`` (parse options, call one library
+function, format the result).  This module holds the group, the options every command
+shares, and :func:`main`, the one place where library errors become ``Error: ...`` lines
+and exit codes.  Only click is imported at start-up; numpy and numba load inside the
+commands that need them, so ``charrnn --help`` stays fast.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import sys
+
+import click
+
+from . import __version__
+from .errors import CharrnnError, ExitStatus
+
+
+def _debug_requested(argv) -> bool:
+    if os.environ.get("CHARRNN_DEBUG", "") not in ("", "0"):
+        return True
+    return "--debug" in (argv if argv is not None else sys.argv[1:])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="charrnn")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks (also CHARRNN_DEBUG=1).")
+def cli(debug):
+    """Character-level language models (LSTM, GRU, RNN) on the CPU.
+
+    \b
+    Typical session:
+      charrnn prepare corpus.txt -o data/
+      charrnn train data/ -o run/ --max-time 30m
+      charrnn sample run/ -n 500 --temperature 0.8
+      charrnn eval run/ test.txt
+      charrnn info run/
+    """
+
+
+# ----------------------------------------------------------------- shared options
+
+def threads_option(f):
+    """``--threads N``: numba and BLAS threads (default: CHARRNN_THREADS or all cores)."""
+    return click.option(
+        "--threads", type=click.IntRange(min=1, max=4096), default=None, show_default=False,
+        help="Threads for numba kernels and BLAS together [default: CHARRNN_THREADS or all cores].",
+    )(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON on stdout.")(f)
+
+
+def seed_option(default):
+    def deco(f):
+        return click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1),
+                            default=default, show_default=True,
+                            help="Random seed: the same seed gives the same result.")(f)
+    return deco
+
+
+def checkpoint_argument(f):
+    """CKPT: a checkpoint file or a run directory (then its best, or latest with --latest)."""
+    f = click.option("--latest", is_flag=True,
+                     help="With a run directory, use latest.safetensors instead of best.")(f)
+    return click.argument("ckpt", metavar="CKPT", type=click.Path())(f)
+
+
+def use_threads(n):
+    """Apply --threads (imports numba); call inside a command before any kernel runs."""
+    from . import runtime
+    runtime.ensure_numba()
+    return runtime.configure_threads(n)
+
+
+# ----------------------------------------------------------------- entry point
+
+def _error_line(msg: str) -> None:
+    msg = " ".join(str(msg).split("\n")).strip()
+    try:
+        sys.stderr.write(f"Error: {msg}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away: end quietly (no traceback, nothing on stderr)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
+def main(argv=None) -> None:
+    """Console-script entry point; exits with the codes of :class:`ExitStatus`."""
+    debug = _debug_requested(argv)
+    try:
+        rv = cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        sys.stdout.flush()
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except click.ClickException as e:  # usage errors: exit 2 with click's message
+        e.show()
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        if debug:
+            raise
+        _error_line("interrupted")
+        code = ExitStatus.SIGINT
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    except CharrnnError as e:
+        if debug:
+            raise
+        _error_line(str(e))
+        code = e.exit_code
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno == errno.EPIPE:
+            code = _quiet_broken_pipe()
+        elif e.errno == errno.ENOSPC:
+            _error_line(f"no space left on device{': ' + str(e.filename) if e.filename else ''}")
+            code = ExitStatus.ERROR
+        else:
+            where = f": {e.filename}" if e.filename else ""
+            _error_line(f"{e.strerror or e}{where}")
+            code = ExitStatus.ERROR
+    except MemoryError:
+        if debug:
+            raise
+        _error_line("out of memory (try a smaller --batch-size, --seq-len or --hidden)")
+        code = ExitStatus.ERROR
+    except Exception as e:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        _error_line(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the "
+                    "traceback, and please report it)")
+        code = ExitStatus.ERROR
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    sys.exit(int(code))
+
+
+# ----------------------------------------------------------------- subcommands
+# Each module defines one click command; importing them costs only click.
+
+def _register() -> None:
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{commands.__name__}.{info.name}")
+        cli.add_command(mod.command)
+
+
+_register()
+
+__all__ = ["cli", "main", "threads_option", "json_option", "seed_option",
+           "checkpoint_argument", "use_threads", "functools"]
