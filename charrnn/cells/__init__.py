@@ -1,0 +1,157 @@
+"""Recurrent layers: the Python side of one layer's forward and backward pass.
+
+Dimension letters: B batch, T time, H hidden, I layer input width (E, V or H), G gates,
+N = T*B.  Activations are time-major, (T, B, .), so that one time step is a contiguous
+(B, .) block.
+
+A layer never owns parameters: ``forward``/``backward`` receive a :class:`LayerParams` of
+views into the model's flat buffer (and the gradient views of the same shapes), and a
+:class:`Workspace` of buffers allocated once per (B, T) shape by :meth:`Layer.workspace`.
+
+The work of a layer, in every cell:
+
+* the input projection of all T steps as ONE product (N, I) x (I, G*H), or for one-hot
+  input a gather of rows of a transposed copy of W_ih (refreshed at every forward pass,
+  so it always reflects the current parameters);
+* per step ONE recurrent product (B, H) x (H, G*H) by numpy's BLAS into a preallocated
+  buffer, then ONE fused kernel (:mod:`charrnn.kernels.cells`) for the gates;
+* backward per step: one fused gate-gradient kernel and one (B, G*H) x (G*H, H) product
+  for dh_{t-1}; then dW_hh and dW_ih as ONE product each over all T steps, bias gradients
+  as sums, and dx (the gradient of the layer input) as one product.
+
+The GRU with ``gru_reset="before"`` needs r before its recurrent product for n, so it
+does two products and two kernel calls per step (documented in :mod:`charrnn.cells.gru`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels import cells as K
+
+
+@dataclass
+class LayerParams:
+    """Views of one layer's parameters (or of their gradients)."""
+
+    w_ih: np.ndarray            # (G*H, I)
+    w_hh: np.ndarray            # (G*H, H)
+    b_ih: np.ndarray            # (G*H,)
+    b_hh: np.ndarray            # (G*H,)
+    peep: np.ndarray | None = None   # (3, H), LSTM with peepholes only
+
+
+class Workspace:
+    """Buffers of one layer for one (B, T) shape; attributes are set by the layer."""
+
+    def __init__(self, B: int, T: int):
+        self.B = B
+        self.T = T
+
+
+class Layer:
+    """Shared machinery of the three cells; subclasses implement the time loop."""
+
+    #: number of state arrays (LSTM: h and c; GRU and RNN: h)
+    n_state = 1
+
+    def __init__(self, cfg, index: int):
+        self.index = index
+        self.H = cfg.hidden_size
+        self.G = cfg.gates
+        self.V = cfg.vocab_size
+        self.onehot = index == 0 and cfg.embed_size == 0
+        self.I = (cfg.input_size if index == 0 else cfg.hidden_size)
+
+    # ------------------------------------------------------------------ buffers
+    def workspace(self, B: int, T: int, dtype) -> Workspace:
+        H, G, I = self.H, self.G, self.I
+        ws = Workspace(B, T)
+        ws.xp = np.empty((T, B, G * H), dtype)       # (T, B, G*H) projection; dxp in backward
+        ws.hs = np.empty((T + 1, B, H), dtype)       # (T+1, B, H) h_0 .. h_T
+        ws.zeros = np.zeros((B, H), dtype)           # (B, H) dh coming from beyond step T
+        ws.dh_mm = np.empty((B, H), dtype)           # (B, H) d(pre)_{t+1} W_hh
+        ws.dw_hh = np.empty((G * H, H), dtype)       # (G*H, H) product before +=
+        ws.db = np.empty((G * H,), dtype)            # (G*H,) bias sum before +=
+        if self.onehot:
+            ws.w_t = np.empty((self.V, G * H), dtype)    # (V, G*H) W_ih^T, gathered by row
+            ws.dw_t = np.empty((self.V, G * H), dtype)   # (V, G*H) scatter target
+        else:
+            ws.dw_ih = np.empty((G * H, I), dtype)   # (G*H, I)
+            ws.dx = np.empty((T * B, I), dtype)      # (N, I) gradient of the layer input
+        self._workspace(ws, B, T, dtype)
+        return ws
+
+    def _workspace(self, ws: Workspace, B: int, T: int, dtype) -> None:
+        """Cell-specific buffers."""
+
+    # ------------------------------------------------------------------ helpers
+    def project(self, ws: Workspace, p: LayerParams, x, idx) -> None:
+        """xp = x W_ih^T + b_ih for all T steps (x (N, I)), or a row gather for one-hot."""
+        T, B = ws.T, ws.B
+        xp2 = ws.xp.reshape(T * B, self.G * self.H)  # (N, G*H)
+        if self.onehot:
+            np.copyto(ws.w_t, p.w_ih.T)
+            K._gather_rows(ws.w_t, idx, p.b_ih, xp2)
+        else:
+            np.matmul(x, p.w_ih.T, out=xp2)
+            xp2 += p.b_ih
+
+    def input_grads(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx,
+                    need_dx: bool):
+        """dW_ih, db_ih from dxp (in ws.xp); returns dx (N, I) or None."""
+        T, B = ws.T, ws.B
+        dxp2 = ws.xp.reshape(T * B, self.G * self.H)  # (N, G*H)
+        np.sum(dxp2, axis=0, out=ws.db)
+        g.b_ih += ws.db
+        if self.onehot:
+            ws.dw_t.fill(0)
+            K._scatter_add_rows(idx, dxp2, ws.dw_t)
+            g.w_ih += ws.dw_t.T
+            return None
+        np.matmul(dxp2.T, x, out=ws.dw_ih)
+        g.w_ih += ws.dw_ih
+        if not need_dx:
+            return None
+        np.matmul(dxp2, p.w_ih, out=ws.dx)
+        return ws.dx
+
+    def recurrent_grads(self, ws: Workspace, g: LayerParams, dhh) -> None:
+        """dW_hh = sum_t dhh_t^T h_{t-1} as one product; db_hh = sum of dhh."""
+        T, B, H = ws.T, ws.B, self.H
+        dhh2 = dhh.reshape(T * B, self.G * H)         # (N, G*H)
+        hprev = ws.hs[:T].reshape(T * B, H)           # (N, H)
+        np.matmul(dhh2.T, hprev, out=ws.dw_hh)
+        g.w_hh += ws.dw_hh
+        np.sum(dhh2, axis=0, out=ws.db)
+        g.b_hh += ws.db
+
+    def final_state(self, ws: Workspace) -> tuple:
+        return (ws.hs[ws.T],)
+
+    # ------------------------------------------------------------------ interface
+    def forward(self, ws: Workspace, p: LayerParams, x, idx, state: tuple):
+        """Runs T steps from ``state`` (tuple of (B, H)); returns h_1..h_T as (T, B, H)."""
+        raise TypeError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx,
+                 need_dx: bool):
+        """Accumulates the layer's gradients into ``g`` given dy (T, B, H), the gradient of
+        the loss w.r.t. h_1..h_T from above; returns dx (N, I) or None."""
+        raise TypeError(f"{type(self).__name__} does not define backward")
+
+
+def make_layer(cfg, index: int) -> Layer:
+    """The layer object for layer ``index`` of a model with config ``cfg``."""
+    if cfg.cell == "lstm":
+        from .lstm import LSTMLayer
+        return LSTMLayer(cfg, index)
+    if cfg.cell == "gru":
+        from .gru import GRULayer
+        return GRULayer(cfg, index)
+    from .rnn import RNNLayer
+    return RNNLayer(cfg, index)
+
+
+__all__ = ["Layer", "LayerParams", "Workspace", "make_layer"]

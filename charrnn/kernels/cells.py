@@ -1,0 +1,268 @@
+"""Fused per-time-step kernels of the recurrent cells, plus the gather/scatter and
+softmax cross-entropy kernels of the model's input and head.
+
+Dimension letters: B batch, T time, H hidden, V vocab, E embedding, G gates, N = T*B.
+
+Every step kernel does the element-wise work of ONE time step for the whole batch (a
+``prange`` loop over B): the matrix products are done by numpy's BLAS from Python,
+between kernel calls (see :mod:`charrnn.cells`).  Options (peepholes, GRU reset mode,
+ReLU) are runtime arguments, so each kernel compiles once per dtype (float32, float64).
+
+Why ``jit`` and not ``pjit`` (measured, 2-layer 256-wide LSTM, B=T=50, float32, 2 cores):
+a step kernel takes ~35 us serial and the same in parallel (too little work per call to
+gain from a second thread), and with numba's OpenMP layer its worker threads spin after
+each kernel while OpenBLAS's threads run the next product: the two thread pools fight
+for the 2 cores and a batch took 890 ms instead of 48 ms (60 ms with the workqueue
+layer).  Serial kernels leave both cores to BLAS, which does 85% of the work.  The
+``prange`` loops stay, so a build with a non-spinning threading layer can switch the
+decorator back to ``pjit``.
+
+Conventions of the step kernels:
+
+* ``xp`` (B, G*H): input projection ``x W_ih^T + b_ih`` of this step, computed for all T
+  steps at once beforehand; ``hh`` (B, G*H): the recurrent product ``h_{t-1} W_hh^T``;
+  ``b_hh`` (G*H,) is added inside the kernel (the GRU needs it apart from ``b_ih``).
+* Backward kernels take ``dy`` (B, H), the gradient reaching ``h_t`` from above (the next
+  layer or the head), and ``dh_mm`` (B, H), the gradient reaching ``h_t`` through the
+  recurrent product of step t+1 (``d(pre)_{t+1} W_hh``); they write the gradients of the
+  pre-activations ``dxp`` (w.r.t. ``xp``) and, where it differs, ``dhh`` (w.r.t. ``hh``).
+* ``hh`` is scratch: the forward kernels overwrite it with pre-activations.
+* ``one`` is never a literal: ``a.dtype.type(1)`` keeps float32 arithmetic in float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit
+from .activations import exp_into, sigmoid_into, tanh_into
+
+# ---------------------------------------------------------------- LSTM (gates i, f, g, o)
+# The nonlinearities run through activations.sigmoid_into/tanh_into on contiguous row
+# slices: one simple loop each, which LLVM vectorises (a single loop body holding all
+# five activations and ten arrays stays scalar: 20x slower).  ``hh`` is scratch: it
+# receives the pre-activations.
+
+
+@jit
+def _lstm_forward_step(xp, hh, b_hh, peep, use_peep, c_prev, h, c, gates, tc):
+    B, H = c.shape
+    for b in prange(B):
+        a = hh[b]
+        x = xp[b]
+        cp = c_prev[b]
+        g = gates[b]
+        cn = c[b]
+        for j in range(4 * H):
+            a[j] += x[j] + b_hh[j]
+        if use_peep:
+            for j in range(H):
+                a[j] += peep[0, j] * cp[j]
+                a[H + j] += peep[1, j] * cp[j]
+        sigmoid_into(a[:2 * H], g[:2 * H])
+        tanh_into(a[2 * H:3 * H], g[2 * H:3 * H])
+        for j in range(H):
+            cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
+        if use_peep:
+            for j in range(H):
+                a[3 * H + j] += peep[2, j] * cn[j]
+        sigmoid_into(a[3 * H:], g[3 * H:])
+        t = tc[b]
+        tanh_into(cn, t)
+        hb = h[b]
+        for j in range(H):
+            hb[j] = g[3 * H + j] * t[j]
+
+
+@jit
+def _lstm_backward_step(dy, dh_mm, dc, gates, c_prev, c, tc, peep, use_peep, dpre, dpeep):
+    """dc (B, H) carries dL/dc_t in and dL/dc_{t-1} out; dpeep (B, 3H) accumulates."""
+    one = dy.dtype.type(1)
+    B, H = dy.shape
+    for b in prange(B):
+        for j in range(H):
+            i = gates[b, j]
+            f = gates[b, H + j]
+            g = gates[b, 2 * H + j]
+            o = gates[b, 3 * H + j]
+            t = tc[b, j]
+            cp = c_prev[b, j]
+            dh = dy[b, j] + dh_mm[b, j]
+            do_pre = dh * t * o * (one - o)
+            dct = dc[b, j] + dh * o * (one - t * t)
+            if use_peep:
+                dct += do_pre * peep[2, j]
+            di_pre = dct * g * i * (one - i)
+            df_pre = dct * cp * f * (one - f)
+            dg_pre = dct * i * (one - g * g)
+            dcp = dct * f
+            if use_peep:
+                dcp += di_pre * peep[0, j] + df_pre * peep[1, j]
+                dpeep[b, j] += di_pre * cp
+                dpeep[b, H + j] += df_pre * cp
+                dpeep[b, 2 * H + j] += do_pre * c[b, j]
+            dc[b, j] = dcp
+            dpre[b, j] = di_pre
+            dpre[b, H + j] = df_pre
+            dpre[b, 2 * H + j] = dg_pre
+            dpre[b, 3 * H + j] = do_pre
+
+
+# ---------------------------------------------------------------- GRU (gates r, z, n)
+# mode 0: reset "after" (PyTorch), one kernel per step, hh = h_{t-1} W_hh^T (B, 3H),
+#         aux = W_hn h_{t-1} + b_hn.
+# mode 1: reset "before" (Cho 2014), first half: hh = h_{t-1} W_hrz^T (B, 2H) -> r, z and
+#         aux = r * h_{t-1} (the input of the second product).
+# mode 2: reset "before", second half: hh = aux W_hn^T (B, H) -> n and h_t.
+
+
+@jit
+def _gru_forward_step(mode, xp, hh, b_hh, h_prev, h, gates, aux):
+    one = xp.dtype.type(1)
+    B, H = h.shape
+    for b in prange(B):
+        a = hh[b]
+        x = xp[b]
+        g = gates[b]
+        hp = h_prev[b]
+        ax = aux[b]
+        hb = h[b]
+        if mode != 2:
+            for j in range(2 * H):
+                a[j] += x[j] + b_hh[j]
+            sigmoid_into(a[:2 * H], g[:2 * H])
+            if mode == 1:
+                for j in range(H):
+                    ax[j] = g[j] * hp[j]
+                continue
+            for j in range(H):
+                an = a[2 * H + j] + b_hh[2 * H + j]
+                ax[j] = an
+                a[2 * H + j] = x[2 * H + j] + g[j] * an
+            tanh_into(a[2 * H:], g[2 * H:])
+        else:
+            for j in range(H):
+                a[j] += x[2 * H + j] + b_hh[2 * H + j]
+            tanh_into(a, g[2 * H:])
+        for j in range(H):
+            z = g[H + j]
+            hb[j] = (one - z) * g[2 * H + j] + z * hp[j]
+
+
+@jit
+def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
+    """dh_dir (B, H) carries the gradient reaching h_{t-1} outside the recurrent product.
+
+    mode 0 ("after"): everything for step t.  mode 1 ("before", part A): dn, dz from dh_t;
+    then the caller computes d(r*h) = dn_pre W_hn into ``dh_mm`` and calls mode 2 (part B)
+    for dr and the r*h path into h_{t-1} (dy is not read in mode 2).
+    """
+    one = dh_mm.dtype.type(1)
+    B, H = dh_mm.shape
+    for b in prange(B):
+        for j in range(H):
+            r = gates[b, j]
+            z = gates[b, H + j]
+            hp = h_prev[b, j]
+            if mode == 2:
+                drh = dh_mm[b, j]
+                dr_pre = drh * hp * r * (one - r)
+                dxp[b, j] = dr_pre
+                dhh[b, j] = dr_pre
+                dh_dir[b, j] += drh * r
+                continue
+            n = gates[b, 2 * H + j]
+            dh = dy[b, j] + dh_mm[b, j] + dh_dir[b, j]
+            dn_pre = dh * (one - z) * (one - n * n)
+            dz_pre = dh * (hp - n) * z * (one - z)
+            dxp[b, H + j] = dz_pre
+            dhh[b, H + j] = dz_pre
+            dxp[b, 2 * H + j] = dn_pre
+            dh_dir[b, j] = dh * z
+            if mode == 1:
+                dhh[b, 2 * H + j] = dn_pre
+                continue
+            dr_pre = dn_pre * aux[b, j] * r * (one - r)
+            dxp[b, j] = dr_pre
+            dhh[b, j] = dr_pre
+            dhh[b, 2 * H + j] = dn_pre * r
+
+
+# ---------------------------------------------------------------- Elman RNN
+
+
+@jit
+def _rnn_forward_step(relu, xp, hh, b_hh, h):
+    zero = xp.dtype.type(0)
+    B, H = h.shape
+    for b in prange(B):
+        a = hh[b]
+        x = xp[b]
+        hb = h[b]
+        for j in range(H):
+            a[j] += x[j] + b_hh[j]
+        if relu:
+            for j in range(H):
+                hb[j] = a[j] if a[j] > zero else zero
+        else:
+            tanh_into(a, hb)
+
+
+@jit
+def _rnn_backward_step(relu, dy, dh_mm, h, dpre):
+    zero = dy.dtype.type(0)
+    one = dy.dtype.type(1)
+    B, H = dy.shape
+    for b in prange(B):
+        for j in range(H):
+            dh = dy[b, j] + dh_mm[b, j]
+            v = h[b, j]
+            if relu:
+                dpre[b, j] = dh if v > zero else zero
+            else:
+                dpre[b, j] = dh * (one - v * v)
+
+
+# ---------------------------------------------------------------- input and head
+
+
+@jit
+def _gather_rows(table, idx, bias, out):
+    N, C = out.shape
+    for n in prange(N):
+        row = idx[n]
+        for j in range(C):
+            out[n, j] = table[row, j] + bias[j]
+
+
+@jit
+def _scatter_add_rows(idx, src, out):
+    N, C = src.shape
+    nblk = (C + 63) // 64
+    for blk in prange(nblk):
+        lo = blk * 64
+        hi = min(C, lo + 64)
+        for n in range(N):
+            row = idx[n]
+            for j in range(lo, hi):
+                out[row, j] += src[n, j]
+
+
+@jit
+def _softmax_xent(logits, targets, scale, want_grad, dlogits, nll):
+    """nll[n] = logsumexp(logits[n]) - logits[n, targets[n]] (float64);
+    if want_grad: dlogits[n] = scale * (softmax(logits[n]) - onehot(targets[n]))."""
+    N, V = logits.shape
+    for n in prange(N):
+        m = logits[n, 0]
+        for v in range(1, V):
+            if logits[n, v] > m:
+                m = logits[n, v]
+        s = exp_into(logits[n], m, dlogits[n])     # dlogits is scratch without want_grad
+        tgt = targets[n]
+        nll[n] = np.log(s) - (logits[n, tgt] - m)
+        if want_grad:
+            inv = dlogits.dtype.type(scale / s)
+            for v in range(V):
+                dlogits[n, v] = dlogits[n, v] * inv
+            dlogits[n, tgt] -= scale

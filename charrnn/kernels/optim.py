@@ -1,0 +1,116 @@
+"""Fused optimizer kernels over the flat parameter buffer.
+
+Two parallel kernels, each compiled once per dtype (float32, float64):
+
+* :func:`sumsq_kernel` -- the global gradient norm.  The flat gradient is cut into
+  chunks of a FIXED size (:data:`CHUNK`, not one chunk per thread); ``prange`` computes
+  each chunk's sum of squares (in float64) into ``partials[c]``, then one serial loop
+  adds the partials in chunk order.  A chunk's sum is computed by the same machine code
+  whatever thread runs it, and the partials are added in the same order, so the norm is
+  bit-identical for any thread count.
+* :func:`update_kernel` -- clipping by global norm (a scale factor computed in Python),
+  clipping by value, weight decay and the update of one of the four optimizers, in one
+  pass over the buffers.  The gradient buffer is only read (never clipped in place).
+
+The moment buffers that an optimizer does not use are passed as empty arrays so every
+optimizer shares one compiled kernel per dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import pjit
+
+# Elements per chunk: large enough that the per-chunk overhead vanishes, small enough
+# that a 100k-parameter model still splits into chunks for two threads.
+CHUNK = 8192
+
+# Optimizer codes understood by update_kernel.
+ADAM = 0
+ADAMW = 1
+SGD = 2
+RMSPROP = 3
+
+
+def n_chunks(n: int) -> int:
+    """Number of CHUNK-sized pieces covering ``n`` elements."""
+    return (n + CHUNK - 1) // CHUNK
+
+
+@pjit
+def sumsq_kernel(g, partials):
+    """Sum of squares of ``g`` (float64), via per-chunk partials summed in fixed order."""
+    n = g.shape[0]
+    nc = partials.shape[0]
+    for c in prange(nc):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        s = 0.0
+        for i in range(lo, hi):
+            x = np.float64(g[i])
+            s += x * x
+        partials[c] = s
+    total = 0.0
+    for c in range(nc):
+        total += partials[c]
+    return total
+
+
+@pjit
+def update_kernel(p, g, m1, m2, kind, lr, scale, clip_value, wd,
+                  beta1, beta2, eps, step_size, inv_sqrt_bc2, momentum, alpha):
+    """One optimizer step on the flat buffers (see charrnn.optim for the formulas).
+
+    ``scale`` multiplies the gradient (global-norm clipping; 1.0 = none), then
+    ``clip_value`` > 0 clamps each element.  ``m1``/``m2`` are the moment buffers:
+    adam/adamw (exp_avg, exp_avg_sq), sgd (momentum_buffer, unused), rmsprop
+    (square_avg, unused); an unused one is an empty array.
+    """
+    n = p.shape[0]
+    nc = (n + CHUNK - 1) // CHUNK
+    use_cv = clip_value > 0.0
+    decay = 1.0 - lr * wd
+    use_mom = m1.shape[0] == n
+    for c in prange(nc):
+        lo = c * CHUNK
+        hi = min(lo + CHUNK, n)
+        if kind == 0 or kind == 1:        # adam (L2 in the gradient) / adamw (decoupled)
+            for i in range(lo, hi):
+                gi = g[i] * scale
+                if use_cv:
+                    gi = min(max(gi, -clip_value), clip_value)
+                pi = np.float64(p[i])
+                if kind == 0:
+                    gi += wd * pi
+                else:
+                    pi *= decay
+                mi = beta1 * m1[i] + (1.0 - beta1) * gi
+                vi = beta2 * m2[i] + (1.0 - beta2) * gi * gi
+                m1[i] = mi
+                m2[i] = vi
+                p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+        elif kind == 2:                   # sgd with momentum (torch semantics, dampening 0)
+            for i in range(lo, hi):
+                gi = g[i] * scale
+                if use_cv:
+                    gi = min(max(gi, -clip_value), clip_value)
+                pi = np.float64(p[i])
+                gi += wd * pi
+                if use_mom:
+                    bi = momentum * m1[i] + gi
+                    m1[i] = bi
+                    gi = bi
+                p[i] = pi - lr * gi
+        else:                             # rmsprop, char-rnn / torch-optim flavour
+            for i in range(lo, hi):
+                gi = g[i] * scale
+                if use_cv:
+                    gi = min(max(gi, -clip_value), clip_value)
+                pi = np.float64(p[i])
+                gi += wd * pi
+                si = alpha * m1[i] + (1.0 - alpha) * gi * gi
+                m1[i] = si
+                p[i] = pi - lr * gi / (math.sqrt(si) + eps)
