@@ -255,8 +255,14 @@ class SampleConfig(_Config):
     greedy: bool = False
     # Seed of the draws; the same seed gives the same text.
     seed: int = 0
+    # Samples generated together as one batch (--num-samples).
+    num_samples: int = 1
+    # Written between consecutive samples (a blank line keeps them apart).
+    separator: str = "\n\n"
 
     def validate(self) -> None:
+        _check(isinstance(self.num_samples, int) and self.num_samples >= 1,
+               f"num_samples must be >= 1 (got {self.num_samples})")
         _check(isinstance(self.length, int) and self.length >= 0,
                f"length must be >= 0 (got {self.length})")
         _check(_finite(self.temperature) and self.temperature > 0,

@@ -16,7 +16,6 @@ class ExitStatus(enum.IntEnum):
     SUCCESS = 0
     ERROR = 1          # an expected failure: bad input, corrupt file, ...
     USAGE = 2          # click usage errors: bad option value or combination of options
-    TEMPFAIL = 75      # EX_TEMPFAIL (sysexits.h): another run holds the lock; try later
     SIGINT = 130       # 128 + SIGINT: interrupted with Ctrl-C
     SIGTERM = 143      # 128 + SIGTERM: terminated
 
@@ -52,13 +51,23 @@ class CorpusError(CharrnnError):
 
 
 class LockError(CharrnnError):
-    """Another process holds the run directory's lock."""
-
-    exit_code = ExitStatus.TEMPFAIL
+    """Another process holds the run directory's lock (exit 1, like every expected error)."""
 
 
 class TrainingDiverged(CharrnnError):
     """The loss became NaN or infinite."""
+
+
+class Interrupted(CharrnnError):
+    """SIGINT or SIGTERM stopped a command after it saved its state (exit 130 / 143)."""
+
+    def __init__(self, msg: str, exit_code: int):
+        super().__init__(msg)
+        self.exit_code = exit_code
+
+
+class DistributedError(CharrnnError):
+    """MPI ranks disagree (parameters drifted apart) or a collective failed."""
 
 
 class DiskFullError(CharrnnError):

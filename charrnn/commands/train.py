@@ -1,0 +1,193 @@
+"""``charrnn train DATA -o RUN_DIR``: train, or resume, a model (see charrnn.train)."""
+from __future__ import annotations
+
+import click
+
+from ..cli import json_option, threads_option, use_threads
+from ..clitypes import Duration, FiniteFloat
+from ..config import CELLS, GRU_RESET, NONLINEARITIES, OPTIMIZERS, SCHEDULES, ModelConfig, \
+    TrainConfig
+
+M, TR = ModelConfig, TrainConfig
+_INT = click.IntRange
+
+# (flags, section, config field, click type, help). Defaults come from the dataclasses.
+OPTIONS = [
+    # model
+    (("--cell",), "model", "cell", click.Choice(CELLS), "Recurrent cell."),
+    (("--layers",), "model", "num_layers", _INT(1, 64), "Stacked recurrent layers (L)."),
+    (("--hidden",), "model", "hidden_size", _INT(1, 16384), "Width of each layer (H)."),
+    (("--embed",), "model", "embed_size", _INT(0, 16384),
+     "Embedding width E; 0 = one-hot input (char-rnn)."),
+    (("--dropout",), "model", "dropout", FiniteFloat(0, 1, max_open=True),
+     "Dropout between layers and before the head."),
+    (("--peepholes/--no-peepholes",), "model", "peepholes", None, "LSTM peephole connections."),
+    (("--residual/--no-residual",), "model", "residual", None,
+     "Residual connections between stacked layers."),
+    (("--gru-reset",), "model", "gru_reset", click.Choice(GRU_RESET),
+     "GRU: reset gate after the recurrent product (PyTorch) or before (Cho et al.)."),
+    (("--nonlinearity",), "model", "nonlinearity", click.Choice(NONLINEARITIES),
+     "Plain RNN activation."),
+    (("--dtype",), "model", "dtype", click.Choice(["float32", "float64"]),
+     "Floating-point precision."),
+    # data
+    (("--batch-size", "-b"), "train", "batch_size", _INT(1, 100_000),
+     "Parallel streams per batch (B)."),
+    (("--seq-len", "-t"), "train", "seq_len", _INT(1, 100_000),
+     "Truncated-BPTT length (T)."),
+    # optimisation
+    (("--optimizer",), "train", "optimizer", click.Choice(OPTIMIZERS), "Optimizer."),
+    (("--lr",), "train", "lr", FiniteFloat(0, 10, min_open=True), "Peak learning rate."),
+    (("--momentum",), "train", "momentum", FiniteFloat(0, 1, max_open=True), "SGD momentum."),
+    (("--weight-decay",), "train", "weight_decay", FiniteFloat(0, 10),
+     "L2 penalty (decoupled for adamw)."),
+    (("--schedule",), "train", "schedule", click.Choice(SCHEDULES), "Learning-rate schedule."),
+    (("--warmup-iters",), "train", "warmup_iters", _INT(0), "Linear warm-up iterations."),
+    (("--lr-decay",), "train", "lr_decay", FiniteFloat(0, 1, min_open=True),
+     "step schedule: factor per decay."),
+    (("--decay-every",), "train", "decay_every", _INT(1), "step schedule: epochs per decay."),
+    (("--decay-after",), "train", "decay_after", _INT(0),
+     "step schedule: first epoch that decays."),
+    (("--clip",), "train", "clip", FiniteFloat(0), "Clip the global gradient norm (0 = off)."),
+    (("--clip-value",), "train", "clip_value", FiniteFloat(0),
+     "Clip each gradient element (0 = off)."),
+    # length
+    (("--max-iters",), "train", "max_iters", _INT(0), "Stop after this many iterations (0 = no limit)."),
+    (("--max-epochs",), "train", "max_epochs", _INT(0), "Stop after this many epochs (0 = no limit)."),
+    (("--max-time",), "train", "max_time", Duration(),
+     "Wall-clock budget of this run, e.g. 30m, 2h (0 = none)."),
+    (("--eval-every",), "train", "eval_every", _INT(1), "Validate every N iterations."),
+    (("--save-every",), "train", "save_every", _INT(0),
+     "Save latest every N iterations (0 = at every evaluation)."),
+    (("--patience",), "train", "patience", _INT(0),
+     "Stop after N evaluations without improvement (0 = off)."),
+    (("--seed",), "train", "seed", _INT(0, 2**63 - 1), "Random seed."),
+]
+
+
+def _default(section: str, name: str):
+    cls = ModelConfig if section == "model" else TrainConfig
+    return cls.__dataclass_fields__[name].default
+
+
+def _model_options(f):
+    for flags, section, name, typ, help_ in reversed(OPTIONS):
+        kw = dict(default=_default(section, name), show_default=True, help=help_)
+        if typ is not None:
+            kw["type"] = typ
+        if name == "max_time":
+            kw["show_default"] = "0 (none)"
+        f = click.option(*flags, name, **kw)(f)
+    return f
+
+
+@click.command("train")
+@click.argument("data", required=False, metavar="DATA")
+@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory (checkpoints, metrics, prepared data).")
+@click.option("--corpus", metavar="NAME", help="Train on a registry corpus instead of DATA.")
+@click.option("--restart", is_flag=True, help="Start over even if RUN_DIR has a checkpoint.")
+@click.option("--init-from", metavar="CKPT", help="Fine-tune from this checkpoint's weights.")
+@click.option("--grow-vocab", is_flag=True,
+              help="Extend the model's vocabulary with new characters of the data.")
+@_model_options
+@threads_option
+@json_option
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Also append log lines here.")
+@click.pass_context
+def command(ctx, data, run_dir, corpus, restart, init_from, grow_vocab, threads, as_json,
+            quiet, log_file, **values):
+    """Train a model on DATA and write checkpoints to RUN_DIR.
+
+    DATA is a directory made by `charrnn prepare`, or a text file or folder (prepared
+    into RUN_DIR/data). Running the same command again resumes from RUN_DIR's latest
+    checkpoint; --restart starts over. Stop with Ctrl-C (or SIGTERM): the run saves and
+    exits 130 (143).
+
+    \b
+    Examples:
+      charrnn train data/ -o run/ --max-time 30m
+      charrnn train notes.txt -o run/ --layers 3 --hidden 512 --dropout 0.2
+      charrnn train --corpus tinyshakespeare -o shakespeare/ --max-epochs 20
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from .. import console
+    from ..errors import InputError
+
+    console.configure(quiet=quiet, log_file=log_file)
+    if data is None and corpus is None:
+        raise click.UsageError("give DATA (a prepared directory, a text file or a folder) "
+                               "or --corpus NAME")
+    if data is not None and corpus is not None:
+        raise click.UsageError("give DATA or --corpus, not both")
+    explicit = {}
+    for _flags, section, name, _typ, _help in OPTIONS:
+        src = ctx.get_parameter_source(name)
+        if src not in (click.core.ParameterSource.DEFAULT, None):
+            explicit[(section, name)] = values[name]
+    mvals = {n: values[n] for _f, s, n, _t, _h in OPTIONS if s == "model"}
+    tvals = {n: values[n] for _f, s, n, _t, _h in OPTIONS if s == "train"}
+    mcfg = ModelConfig(**mvals)
+    tcfg = TrainConfig(**tvals)
+    mcfg.validate()
+    tcfg.validate()
+
+    if data is not None and data != "-" and not Path(data).exists():
+        raise InputError(f"{data}: no such file or directory")
+    n_threads = use_threads(threads)
+    from ..lock import RunLock
+    from ..runs import resolve_training_data
+    from ..train import RunOptions, train
+
+    run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise InputError(f"{run}: exists and is not a directory")
+
+    def emit(rec):
+        sys.stdout.write(json.dumps(rec) + "\n")
+        sys.stdout.flush()
+
+    from ..distributed import from_environment
+
+    comm = from_environment(tcfg.batch_size)
+    lock = RunLock(run) if (comm is None or comm.rank == 0) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if comm is not None:
+            comm.barrier()
+        data_dir = resolve_training_data(data, corpus, run, restart=restart,
+                                         grow_vocab=grow_vocab, comm=comm)
+        opts = RunOptions(run_dir=run, data_dir=data_dir, restart=restart, init_from=init_from,
+                          explicit=explicit, json_lines=as_json, threads=n_threads,
+                          emit=emit if as_json else None, comm=comm, grow_vocab=grow_vocab)
+        summary = train(mcfg, tcfg, opts)
+    finally:
+        if lock is not None:
+            lock.release()
+    if comm is None or comm.rank == 0:
+        if as_json:
+            emit(summary)
+        _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    from .. import console
+    from ..train import fmt_duration
+
+    def lb(loss, bpc):
+        return "n/a" if loss is None else f"{loss:.4f} (bpc {bpc:.3f})"
+
+    reason = {"max_iters": "reached --max-iters", "max_epochs": "reached --max-epochs",
+              "max_time": "reached --max-time", "patience": "early stopping"}.get(
+        s["stopped"], s["stopped"] or "done")
+    console.log(
+        f"{reason}: iteration {s['iteration']} (epoch {s['epoch']:.2f}), "
+        f"{s['iterations_this_run']} iterations in {fmt_duration(s['seconds'])}, "
+        f"{s['chars_per_sec']:,.0f} chars/s; val loss {lb(s['val_loss'], s['val_bpc'])}, "
+        f"best {lb(s['best_val_loss'], s['best_val_bpc'])} at iteration {s['best_iteration']}")
+    console.log(f"saved {s['latest']} and {s['best']}")

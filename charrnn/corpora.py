@@ -1,0 +1,400 @@
+"""The corpus registry: well-known texts by name, downloaded once into a cache, and the
+built-in corpora that need no network.
+
+The registry is ``corpora/registry.json`` at the top of the source tree (next to the
+``charrnn`` package; found from a checkout or an editable install)::
+
+    {"version": 1, "corpora": [
+      {"name": "tinyshakespeare", "kind": "download", "url": "https://...",
+       "sha256": "86c4...", "size": 1115394, "license": "...", "description": "...",
+       "format": "txt" | "zip" | "gz", "member": "enwik8"},      # member: zip only
+      {"name": "python-stdlib", "kind": "python-stdlib", ...},
+      {"name": "fables", "kind": "file", "path": "fables.txt", "sha256": ..., "size": ...}]}
+
+``kind``:
+
+* ``download``: fetched from ``url`` on first use into the cache directory
+  (``$CHARRNN_CACHE``, default ``~/.cache/charrnn/corpora``) as ``CACHE/NAME/NAME.txt``
+  (or the zip ``member``), streamed to a temporary file and checked against ``sha256``
+  and ``size`` (both of the downloaded file, the archive for zip/gz) before it is kept;
+  a mismatch discards the download.  Entries whose hash could not be computed when the
+  registry was written have ``"sha256": null``: the hash of the first download is then
+  recorded in ``CACHE/NAME/source.json`` and printed as a warning ("trust on first
+  use").  Before downloading, ``$CHARRNN_CORPORA_DIR/NAME.txt`` (or the member's name)
+  is used if it exists: a local copy, checked against ``sha256`` when the registry's hash
+  is of that same file (plain-text entries).
+* ``python-stdlib``: every ``.py`` file of the running Python's standard library
+  (``sysconfig.get_paths()["stdlib"]``), in sorted path order, without
+  ``site-packages``/``dist-packages``, ``__pycache__`` and the test suites (``test``,
+  ``tests``, ``idle_test`` folders: they hold deliberately malformed files).  About
+  12 MB on CPython 3.11: a real multi-megabyte corpus on every machine, offline.
+* ``file``: a text shipped in ``corpora/`` (written for this project), for tests and
+  demos.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+from . import __version__
+from .errors import CorpusError
+
+REGISTRY_VERSION = 1
+KINDS = ("download", "python-stdlib", "file")
+_STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
+_registry_cache: dict | None = None
+
+
+def corpora_dir() -> Path:
+    """The folder holding registry.json and the project's own texts."""
+    return Path(__file__).resolve().parent.parent / "corpora"
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``$CHARRNN_CACHE``, else ``user_cache_dir()/corpora``."""
+    env = os.environ.get("CHARRNN_CACHE", "").strip()
+    if env:
+        return Path(env).expanduser()
+    from .runtime import user_cache_dir
+    return user_cache_dir() / "corpora"
+
+
+def registry() -> dict[str, dict]:
+    """name -> entry, read once from registry.json (tests patch entries in place)."""
+    global _registry_cache
+    if _registry_cache is None:
+        path = corpora_dir() / "registry.json"
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise CorpusError(f"{path}: the corpus registry is missing (a broken install?)") \
+                from None
+        except ValueError as e:
+            raise CorpusError(f"{path}: corrupt corpus registry ({e})") from None
+        if data.get("version", 0) > REGISTRY_VERSION:
+            raise CorpusError(f"{path}: registry version {data.get('version')} is newer than "
+                              "this charrnn understands; upgrade charrnn")
+        _registry_cache = {e["name"]: e for e in data["corpora"]}
+    return _registry_cache
+
+
+def get(name: str) -> dict:
+    reg = registry()
+    if name not in reg:
+        raise CorpusError(f"unknown corpus {name!r} (known: {', '.join(sorted(reg))}); "
+                          "see 'charrnn prepare --list-corpora'")
+    return reg[name]
+
+
+# ----------------------------------------------------------------- built-in corpora
+
+def stdlib_files() -> list[Path]:
+    """The .py files of the running Python's standard library, sorted (see module doc)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found = []
+    for d, dirs, files in os.walk(root):           # symlinked folders are not followed
+        dirs[:] = [x for x in dirs if x not in _STDLIB_SKIP and not x.startswith(".")]
+        rel = Path(d).relative_to(root).parts
+        for f in files:
+            if f.endswith(".py") and not f.startswith("."):
+                found.append(rel + (f,))
+    return [root.joinpath(*parts) for parts in sorted(found)]
+
+
+# ----------------------------------------------------------------- downloads
+
+def _target_name(entry: dict) -> str:
+    return entry.get("member") or f"{entry['name']}.txt"
+
+
+def _entry_dir(entry: dict) -> Path:
+    return cache_dir() / entry["name"]
+
+
+def _cached_file(entry: dict) -> Path | None:
+    """The cached text if a complete download is there (source.json is written last)."""
+    d = _entry_dir(entry)
+    info_path = d / "source.json"
+    target = d / _target_name(entry)
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+        if target.stat().st_size == info["file_size"]:
+            return target
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _local_copy(entry: dict) -> Path | None:
+    env = os.environ.get("CHARRNN_CORPORA_DIR", "").strip()
+    if not env:
+        return None
+    for cand in dict.fromkeys([f"{entry['name']}.txt", _target_name(entry)]):
+        p = Path(env).expanduser() / cand
+        if p.is_file():
+            return p
+    return None
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            h.update(block)
+            n += len(block)
+    return n, h.hexdigest()
+
+
+def _check_local(entry: dict, path: Path) -> Path:
+    fmt = entry.get("format", "txt")
+    want = entry.get("sha256") if fmt == "txt" else entry.get("member_sha256")
+    if want:
+        _, got = _sha256_file(path)
+        if got != want:
+            raise CorpusError(f"corpus '{entry['name']}': {path}: sha256 mismatch (expected "
+                              f"{want}, got {got}); remove the file or unset "
+                              "CHARRNN_CORPORA_DIR")
+    return path
+
+
+def _remove_stale_temps(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        for p in d.glob(".*.tmp-*"):
+            pid = p.name.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid():
+                try:
+                    os.kill(int(pid), 0)
+                    continue
+                except ProcessLookupError:
+                    pass
+                except OSError:
+                    continue
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
+def _fetch(entry: dict, dest: Path, show_progress: bool) -> tuple[int, str]:
+    """Stream ``entry['url']`` into ``dest``; returns (size, sha256)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    name, url = entry["name"], entry["url"]
+    req = urllib.request.Request(url, headers={"User-Agent": f"charrnn/{__version__}"})
+    h = hashlib.sha256()
+    size = 0
+    bar = None
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp, open(dest, "wb") as out:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            if show_progress:
+                from . import console
+                bar = console.progress(total=total, desc=f"downloading {name}", unit="B")
+                if bar is not None:
+                    bar.unit_scale = True
+                    bar.unit_divisor = 1024
+            while True:
+                block = resp.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+                h.update(block)
+                size += len(block)
+                if bar is not None:
+                    bar.update(len(block))
+            if total is not None and size != total:
+                raise CorpusError(f"corpus '{name}': download from {url} ended after {size} "
+                                  f"of {total} bytes; try again")
+            out.flush()
+            os.fsync(out.fileno())
+    except urllib.error.HTTPError as e:
+        raise CorpusError(f"corpus '{name}': download failed: HTTP {e.code} {e.reason} "
+                          f"({url})") from None
+    except urllib.error.URLError as e:
+        reason = e.reason if not isinstance(e.reason, OSError) else \
+            (e.reason.strerror or str(e.reason))
+        raise CorpusError(f"corpus '{name}': download failed: {reason} ({url}); check the "
+                          "network, or put a copy in CHARRNN_CORPORA_DIR") from None
+    except (socket.timeout, TimeoutError):
+        raise CorpusError(f"corpus '{name}': download failed: timed out ({url})") from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and dest.parent.exists() and getattr(e, "filename", None):
+            raise
+        raise CorpusError(f"corpus '{name}': download failed: {e} ({url})") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return size, h.hexdigest()
+
+
+def _unpack(entry: dict, archive: Path, dest: Path) -> None:
+    fmt = entry.get("format", "txt")
+    name = entry["name"]
+    try:
+        if fmt == "zip":
+            import zipfile
+            with zipfile.ZipFile(archive) as z:
+                member = entry["member"]
+                try:
+                    src = z.open(member)
+                except KeyError:
+                    raise CorpusError(f"corpus '{name}': the archive has no member "
+                                      f"{member!r}") from None
+                with src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        elif fmt == "gz":
+            import gzip
+            with gzip.open(archive, "rb") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            raise CorpusError(f"corpus '{name}': unknown format {fmt!r} in the registry")
+    except (OSError, EOFError, ValueError) as e:
+        if isinstance(e, CorpusError):
+            raise
+        import zipfile
+        if isinstance(e, (zipfile.BadZipFile, EOFError)) or "gzip" in str(e).lower():
+            raise CorpusError(f"corpus '{name}': the downloaded archive is damaged ({e})") \
+                from None
+        raise
+
+
+def download(name: str, show_progress: bool = True) -> Path:
+    """Download corpus ``name`` into the cache (verifying it) and return its text file."""
+    from .console import warn
+    from .fsutil import atomic_write_text, fsync_dir
+
+    entry = get(name)
+    if entry.get("kind") != "download":
+        raise CorpusError(f"corpus '{name}' is built in; it is not downloaded")
+    d = _entry_dir(entry)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CorpusError(f"corpus '{name}': cannot create the cache directory {d}: "
+                          f"{(e.strerror or str(e)).lower()} (set CHARRNN_CACHE)") from None
+    _remove_stale_temps(d)
+    pid = os.getpid()
+    part = d / f".download.tmp-{pid}"
+    unpacked = d / f".{_target_name(entry)}.tmp-{pid}"
+    target = d / _target_name(entry)
+    try:
+        size, digest = _fetch(entry, part, show_progress)
+        want = entry.get("sha256")
+        if want and digest != want:
+            raise CorpusError(f"corpus '{name}': sha256 mismatch (expected {want}, got "
+                              f"{digest}); the download was discarded")
+        want_size = entry.get("size")
+        if want_size is not None and size != want_size:
+            raise CorpusError(f"corpus '{name}': size mismatch (expected {want_size} bytes, "
+                              f"got {size}); the download was discarded")
+        if not want:
+            warn(f"corpus '{name}': the registry has no sha256 for {entry['url']}; recorded "
+                 f"{digest} from this first download (trust on first use)")
+        if entry.get("format", "txt") == "txt":
+            os.replace(part, target)
+        else:
+            _unpack(entry, part, unpacked)
+            os.replace(unpacked, target)
+            os.unlink(part)
+        info = {"name": name, "url": entry["url"], "sha256": digest, "size": size,
+                "file": target.name, "file_size": target.stat().st_size,
+                "verified": bool(want)}
+        atomic_write_text(d / "source.json", json.dumps(info, indent=1) + "\n")
+        fsync_dir(d)
+    finally:
+        for p in (part, unpacked):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    return target
+
+
+def corpus_files(name: str, download: bool = True, show_progress: bool = True) -> list[Path] | None:
+    """The text files of corpus ``name``, downloading it first if needed.  With
+    ``download=False`` a download corpus that is not available locally gives None."""
+    entry = get(name)
+    kind = entry.get("kind")
+    if kind == "python-stdlib":
+        files = stdlib_files()
+        if not files:
+            raise CorpusError(f"corpus '{name}': no .py files under "
+                              f"{sysconfig.get_paths()['stdlib']}")
+        return files
+    if kind == "file":
+        p = corpora_dir() / entry["path"]
+        if not p.is_file():
+            raise CorpusError(f"corpus '{name}': {p} is missing (a broken install?)")
+        return [p]
+    if kind == "download":
+        local = _local_copy(entry)
+        if local is not None:
+            return [_check_local(entry, local)]
+        cached = _cached_file(entry)
+        if cached is not None:
+            return [cached]
+        if not download:
+            return None
+        return [globals()["download"](name, show_progress=show_progress)]
+    raise CorpusError(f"corpus '{name}': unknown kind {kind!r} in the registry")
+
+
+# ----------------------------------------------------------------- listing
+
+def list_corpora() -> list[dict]:
+    """One row per corpus: name, kind, size (bytes of text; None if unknown), cached
+    ("built-in", "local", "yes", "no"), license, description."""
+    rows = []
+    for name, e in sorted(registry().items()):
+        kind = e.get("kind")
+        size = e.get("text_size", e.get("size"))
+        if kind == "python-stdlib":
+            size = sum(p.stat().st_size for p in stdlib_files())
+            cached = "built-in"
+        elif kind == "file":
+            cached = "built-in"
+        elif _local_copy(e) is not None:
+            cached = "local"
+        else:
+            f = _cached_file(e)
+            cached = "yes" if f is not None else "no"
+            if f is not None:
+                size = f.stat().st_size
+        rows.append({"name": name, "kind": kind, "size": size, "cached": cached,
+                     "license": e.get("license", ""), "description": e.get("description", "")})
+    return rows
+
+
+def _human(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("NAME", "SIZE", "CACHED", "LICENSE", "DESCRIPTION")
+    table = [head] + [(r["name"], _human(r["size"]), r["cached"], r["license"],
+                       r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
+             for row in table]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+__all__ = ["registry", "get", "cache_dir", "corpora_dir", "corpus_files", "download",
+           "list_corpora", "format_table", "stdlib_files"]

@@ -1,0 +1,708 @@
+"""Training: truncated BPTT over a prepared dataset, with exact, atomic resume.
+
+One call of :func:`train` runs one invocation of ``charrnn train``::
+
+    lock RUN_DIR -> open data -> resume from latest (or init) -> loop:
+        batch (B, T) from the B streams -> forward/backward -> clip + update
+        every eval_every: validation loss, metrics.jsonl, best, latest
+    -> final save -> summary
+
+Run directory::
+
+    RUN_DIR/latest.safetensors   weights + optimizer moments + carried state + train_state
+    RUN_DIR/best.safetensors     weights with the lowest validation loss so far
+    RUN_DIR/metrics.jsonl        one JSON object per evaluation (appended; survives resume)
+    RUN_DIR/data/                the prepared data when train was given text
+    RUN_DIR/.lock                held while training (charrnn.lock)
+
+``train_state`` (JSON in latest's metadata) holds everything else the loop needs to
+continue exactly where it stopped: iteration, epoch, position in the epoch, the dropout
+generator's PCG64 state, best validation loss, patience counter, elapsed time and both
+configs.  Resuming gives bit-identical parameters to a run that was never interrupted
+(same threads: a BLAS reduction order may depend on the thread count).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import console
+from .checkpoint import BEST_NAME, LATEST_NAME, read_checkpoint
+from .config import ModelConfig, TrainConfig
+from .errors import (CheckpointError, ConfigError, DataError, Interrupted, TrainingDiverged,
+                     VocabError)
+
+METRICS_NAME = "metrics.jsonl"
+LN2 = math.log(2.0)
+# Options a resumed run may change: how long it runs and how often it reports.  Every
+# other option is part of what the run *is*; changing it needs --restart.
+RESUMABLE_CHANGES = {"max_iters", "max_epochs", "max_time", "eval_every", "save_every",
+                     "patience"}
+
+
+@dataclass
+class RunOptions:
+    """What the CLI hands to :func:`train` besides the two configs."""
+
+    run_dir: Path
+    data_dir: Path
+    restart: bool = False
+    init_from: str | None = None
+    # (section, field) -> value for options the user gave explicitly ("model"/"train").
+    explicit: dict = field(default_factory=dict)
+    json_lines: bool = False
+    threads: int = 1
+    emit: Callable[[dict], None] | None = None      # receives each eval record (--json)
+    comm: object | None = None                      # charrnn.distributed.Comm for MPI
+    grow_vocab: bool = False                        # extend the vocabulary with new chars
+
+
+# ---------------------------------------------------------------------- helpers
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> int:
+    """Bytes a training run needs, roughly: parameters with gradient and optimizer moments,
+    the per-layer activations backward keeps (T*B*(3G+6)*H per layer), logits and their
+    gradient (2*T*B*V), and the validation pass's buffers (the same again)."""
+    item = np.dtype(mcfg.dtype).itemsize
+    H, L, G, V = mcfg.hidden_size, mcfg.num_layers, mcfg.gates, max(mcfg.vocab_size, 1)
+    I0 = mcfg.embed_size if mcfg.embed_size > 0 else V
+    P = (mcfg.embed_size * V + G * H * (I0 + H + 2) + (L - 1) * G * H * (2 * H + 2)
+         + V * (H + 1))
+    N = tcfg.batch_size * tcfg.seq_len
+    acts = L * N * (3 * G + 6) * H + 2 * N * V + 4 * N * H
+    return int(item * (4 * P + 2 * acts) + 8 * 2 * N)
+
+
+def check_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> None:
+    need = estimate_memory(mcfg, tcfg)
+    avail = _available_memory()
+    if avail is not None and need > 0.9 * avail:
+        raise ConfigError(
+            f"this model and batch need about {need / 2**30:.1f} GiB of memory but only "
+            f"{avail / 2**30:.1f} GiB is available; lower --batch-size, --seq-len or --hidden")
+
+
+def _describe_option(section: str, name: str) -> str:
+    from_field = {"hidden_size": "hidden", "num_layers": "layers", "embed_size": "embed",
+                  "gru_reset": "gru-reset"}
+    return "--" + from_field.get(name, name).replace("_", "-")
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def merge_resumed(saved_m: ModelConfig, saved_t: TrainConfig, explicit: dict,
+                  run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    """Configs of a resumed run: the saved ones, with the explicitly given options that
+    may change (:data:`RESUMABLE_CHANGES`); any other differing option is an error."""
+    m_changes, t_changes = {}, {}
+    for (section, name), value in sorted(explicit.items()):
+        saved = getattr(saved_m if section == "model" else saved_t, name)
+        if section == "model" and name == "vocab_size":
+            continue
+        if value == saved or (isinstance(saved, float) and isinstance(value, (int, float))
+                              and float(value) == saved):
+            continue
+        if section == "train" and name in RESUMABLE_CHANGES:
+            t_changes[name] = value
+            continue
+        opt = _describe_option(section, name)
+        raise ConfigError(
+            f"{run_dir} was trained with {opt} {_fmt_value(saved)}, but this command asks for "
+            f"{opt} {_fmt_value(value)}; drop the option to resume, or add --restart to "
+            "start a new run")
+    return saved_m.replace(**m_changes), saved_t.replace(**t_changes)
+
+
+def vocab_map(data_vocab, model_vocab, what: str) -> np.ndarray | None:
+    """Ids of the data's vocabulary -> the model's, or None when they are the same.
+
+    Characters the model does not know map to its unknown symbol (with a warning) or,
+    when it has none, raise VocabError naming some of them."""
+    if data_vocab == model_vocab:
+        return None
+    lut = np.empty(len(data_vocab), np.int64)                 # (V_data,)
+    missing = []
+    for i, ch in enumerate(data_vocab.itos):
+        j = model_vocab.stoi.get(ch)
+        if j is None or (data_vocab.unk is not None and ch == data_vocab.unk):
+            if model_vocab.unk is not None:
+                j = model_vocab.unk_id
+            elif ch == data_vocab.unk:
+                missing.append("<unknown symbol>")
+                continue
+            else:
+                missing.append(ch)
+                continue
+        lut[i] = j
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:8])
+        more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
+        raise VocabError(
+            f"{what} has characters not in the model's vocabulary: {shown}{more}; "
+            "use --grow-vocab to extend the vocabulary, or prepare the data with the "
+            "model's vocabulary")
+    unk_mapped = [c for c in data_vocab.chars if c not in model_vocab.stoi]
+    if unk_mapped:
+        console.warn(f"{len(unk_mapped)} character(s) of {what} are not in the model's "
+                     "vocabulary; they map to its unknown symbol")
+    return lut
+
+
+# ---------------------------------------------------------------------- evaluation
+
+def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
+                   lut: np.ndarray | None = None) -> tuple[float, int]:
+    """Mean loss (nats/char) over a split and the number of characters scored.
+
+    The split is cut into B contiguous streams (as for training) scored in windows of
+    T with the state carried from window to window, starting from zero; the n-1 - B*S
+    positions after the last full stream are left out (fewer than B)."""
+    n = int(tokens.shape[0])
+    if n < 2:
+        return float("nan"), 0
+    B = min(batch_size, n - 1)
+    S = (n - 1) // B                                           # positions per stream
+    data = np.asarray(tokens[:B * S + 1]).astype(np.int64)     # (B*S+1,)
+    if lut is not None:
+        data = lut[data]
+    x_all = data[:-1].reshape(B, S)                            # (B, S)
+    y_all = data[1:].reshape(B, S)                             # (B, S)
+    state = None
+    total = 0.0
+    for t0 in range(0, S, seq_len):
+        t1 = min(S, t0 + seq_len)
+        lp, state = model.log_probs(x_all[:, t0:t1], y_all[:, t0:t1], state)  # (B, t)
+        total -= float(lp.sum())
+    return total / (B * S), B * S
+
+
+# ---------------------------------------------------------------------- trainer
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag; the loop saves and stops after the current step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt     # a second Ctrl-C: stop now
+        self.received = signum
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:           # not the main thread (tests): no handlers
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Holds the model, optimizer, data and loop state of one run; see module doc."""
+
+    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions):
+        self.opts = opts
+        self.run_dir = Path(opts.run_dir)
+        self.latest_path = self.run_dir / LATEST_NAME
+        self.best_path = self.run_dir / BEST_NAME
+        self.comm = opts.comm
+        self.rank0 = self.comm is None or self.comm.rank == 0
+        self._open_data(opts.data_dir)
+        resumed = None
+        if not opts.restart and self.latest_path.exists():
+            resumed = read_checkpoint(self.latest_path)
+            if resumed.kind != "training":
+                raise CheckpointError(f"{self.latest_path}: not a training checkpoint "
+                                      "(it has no training state); use --restart")
+        if resumed is not None:
+            self._resume(resumed, mcfg, tcfg)
+        else:
+            self._fresh(mcfg, tcfg)
+
+    # ------------------------------------------------------------------ setup
+    def _open_data(self, data_dir) -> None:
+        from .data import Dataset
+
+        self.dataset = Dataset(data_dir)
+        self.data_vocab = self.dataset.vocab
+        self.train_tokens = self.dataset.split("train")
+        self.val_tokens = self.dataset.split("val")
+
+    def _make_loader(self) -> None:
+        from .data import StreamBatches
+
+        t = self.tcfg
+        self.loader = StreamBatches(self.train_tokens, t.batch_size, t.seq_len)
+        self.bpe = self.loader.batches_per_epoch
+        if self.comm is not None:
+            self.lo, self.hi = self.comm.stream_range(t.batch_size)
+        else:
+            self.lo, self.hi = 0, t.batch_size
+
+    def _fresh(self, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
+        from .model import Model
+
+        if self.opts.init_from:
+            from .checkpoint import model_from_checkpoint
+
+            ck = read_checkpoint(self.opts.init_from)
+            base = ck.config
+            changes = {}
+            for (section, name), value in self.opts.explicit.items():
+                if section == "model" and getattr(base, name) != value:
+                    if name in ("dropout",):
+                        changes[name] = value
+                        continue
+                    opt = _describe_option(section, name)
+                    raise ConfigError(
+                        f"{self.opts.init_from} has {opt} {_fmt_value(getattr(base, name))}; "
+                        f"--init-from cannot change it to {_fmt_value(value)}")
+            model = model_from_checkpoint(ck)
+            if ck.vocab is None:
+                raise CheckpointError(f"{ck.path}: checkpoint has no vocabulary")
+            if changes:
+                from .model import Model as _M
+                m2 = _M(base.replace(**changes), model.flat.copy())
+                m2.vocab = model.vocab
+                model = m2
+            self.mcfg = model.config
+            console.log(f"initialised from {ck.path}")
+        else:
+            self.mcfg = mcfg.replace(vocab_size=len(self.data_vocab))
+            check_memory(self.mcfg, tcfg)
+            model = Model.from_config(self.mcfg, seed=tcfg.seed)
+            model.vocab = self.data_vocab
+        self.tcfg = tcfg
+        self.model = model
+        self._make_loader()
+        from .optim import Optimizer
+
+        self.opt = Optimizer(tcfg, model)
+        self._set_vocab_map()
+        self.rng = np.random.Generator(np.random.PCG64(tcfg.seed))
+        self.iteration = 0
+        self.epoch = 0
+        self.pos = 0
+        self.state = None
+        self.best_val = math.inf
+        self.best_iter = 0
+        self.bad_evals = 0
+        self.elapsed = 0.0
+        self.chars_seen = 0
+        self.last_val = None
+        if self.rank0:
+            if self.opts.restart:
+                for p in (self.latest_path, self.best_path, self.run_dir / METRICS_NAME):
+                    try:
+                        p.unlink()
+                    except FileNotFoundError:
+                        pass
+
+    def _resume(self, ck, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
+        from .checkpoint import model_from_checkpoint
+        from .optim import Optimizer
+
+        ts = ck.train_state
+        try:
+            saved_t = TrainConfig.from_dict(ts["train_config"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{ck.path}: training state is incomplete ({e})") from None
+        self.mcfg, self.tcfg = merge_resumed(ck.config, saved_t, self.opts.explicit,
+                                             self.run_dir)
+        model = model_from_checkpoint(ck)
+        self.model = model
+        self._make_loader()
+        try:
+            self.opt = Optimizer(self.tcfg, model)
+            self.opt.load_state(ck.tensors, ts["optimizer"])
+            self.iteration = int(ts["iteration"])
+            self.epoch = int(ts["epoch"])
+            self.pos = int(ts["pos"])
+            self.best_val = float(ts["best_val_loss"]) if ts.get("best_val_loss") is not None \
+                else math.inf
+            self.best_iter = int(ts.get("best_iteration", 0))
+            self.bad_evals = int(ts.get("bad_evals", 0))
+            self.elapsed = float(ts.get("elapsed", 0.0))
+            self.chars_seen = int(ts.get("chars_seen", 0))
+            self.last_val = ts.get("last_val_loss")
+            bg = np.random.PCG64()
+            bg.state = ts["rng"]
+            self.rng = np.random.Generator(bg)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ck.path}: training state is incomplete or invalid "
+                                  f"({type(e).__name__}: {e}); use --restart") from None
+        self._set_vocab_map()
+        old_sources, new_sources = ts.get("data_sources"), self.dataset.meta.get("sources")
+        self.data_changed = old_sources is not None and new_sources != old_sources
+        if self.data_changed:
+            self._on_data_change(ts)
+        elif ts.get("batches_per_epoch") not in (None, self.bpe) or self.pos >= self.bpe:
+            console.warn("the training data changed size since the last save; "
+                         "starting at the beginning of the data")
+            self.pos = 0
+        names = ["state.h", "state.c"] if self.mcfg.cell == "lstm" else ["state.h"]
+        if self.pos > 0:
+            try:
+                self.state = tuple(np.array(ck.tensors[n], dtype=model.dtype) for n in names)
+            except KeyError as e:
+                raise CheckpointError(f"{ck.path}: carried state {e} is missing") from None
+            want = (self.mcfg.num_layers, self.tcfg.batch_size, self.mcfg.hidden_size)
+            if any(s.shape != want for s in self.state):
+                raise CheckpointError(f"{ck.path}: carried state has the wrong shape")
+            self.state = tuple(np.ascontiguousarray(s[:, self.lo:self.hi]) for s in self.state)
+        else:
+            self.state = None
+        console.log(f"resuming {self.run_dir} from iteration {self.iteration} "
+                    f"(epoch {self.epoch_float():.2f})")
+
+    def _set_vocab_map(self) -> None:
+        """Map the data's ids to the model's; grow the model's vocabulary if asked."""
+        try:
+            self.lut = vocab_map(self.data_vocab, self.model.vocab, "the training data")
+            return
+        except VocabError:
+            if not self.opts.grow_vocab or self.model.vocab.unk is not None:
+                raise
+        from .runs import grow_model_vocab
+
+        new_chars = self.model.vocab.missing(self.data_vocab.chars)
+        new_vocab = self.model.vocab.extend(new_chars)
+        self.model, self.opt = grow_model_vocab(self.model, new_vocab,
+                                                seed=self.tcfg.seed + self.iteration + 1,
+                                                optimizer=self.opt)
+        self.mcfg = self.model.config
+        shown = ", ".join(repr(c) for c in new_chars[:8])
+        console.log(f"vocabulary grown by {len(new_chars)} character(s) ({shown}) to "
+                    f"{len(new_vocab)}")
+        self.lut = vocab_map(self.data_vocab, self.model.vocab, "the training data")
+
+    def _on_data_change(self, ts: dict) -> None:
+        """The training text changed since the last save: restart the data position,
+        keep weights and optimizer state, and re-score best on the new validation split
+        so that best means best on the current data."""
+        old_chars, new_chars = ts.get("data_chars"), self._data_chars()
+        old = "?" if old_chars is None else f"{old_chars:,}"
+        console.log(f"corpus changed: {old} -> {new_chars:,} chars; continuing from "
+                    f"iteration {self.iteration} on the new data")
+        self.pos = 0
+        self.state = None
+        self.bad_evals = 0
+        self.best_val = math.inf
+        if self.best_path.exists() and self.val_tokens.shape[0] >= 2:
+            from .checkpoint import load_model
+
+            try:
+                best = load_model(self.best_path)
+                lut = vocab_map(self.data_vocab, best.vocab, "the validation data")
+            except (CheckpointError, VocabError) as e:
+                console.warn(f"cannot re-score {self.best_path} on the new data ({e}); "
+                             "the next evaluation replaces it")
+                return
+            self.best_val, _ = evaluate_split(best, self.val_tokens, self.tcfg.batch_size,
+                                              self.tcfg.seq_len, lut)
+            console.log(f"re-scored {self.best_path.name} on the new validation split: "
+                        f"loss {self.best_val:.4f} (bpc {self.best_val / LN2:.3f})")
+
+    def _data_chars(self) -> int:
+        return int(sum(self.dataset.split(n).shape[0] for n in ("train", "val", "test")))
+
+    # ------------------------------------------------------------------ state
+    def epoch_float(self) -> float:
+        return self.epoch + self.pos / self.bpe
+
+    def train_state(self, stopped: str | None = None) -> dict:
+        return {
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "batches_per_epoch": self.bpe,
+            "best_val_loss": None if not math.isfinite(self.best_val) else self.best_val,
+            "best_iteration": self.best_iter,
+            "bad_evals": self.bad_evals,
+            "last_val_loss": self.last_val,
+            "elapsed": self.elapsed,
+            "chars_seen": self.chars_seen,
+            "rng": self.rng.bit_generator.state,
+            "optimizer": self.opt.state_dict(),
+            "train_config": self.tcfg.to_dict(),
+            "data_dir": str(Path(self.opts.data_dir).resolve()),
+            "data_sources": self.dataset.meta.get("sources"),
+            "data_chars": self._data_chars(),
+            "threads": self.opts.threads,
+            "world_size": 1 if self.comm is None else self.comm.size,
+            "stopped": stopped,
+        }
+
+    def _state_tensors(self) -> dict:
+        t = dict(self.opt.state_tensors())
+        state = self.state if self.state is not None else self.model.initial_state(
+            self.hi - self.lo)
+        if self.comm is not None:
+            state = self.comm.gather_state(state, self.tcfg.batch_size)
+        t["state.h"] = state[0]
+        if len(state) > 1:
+            t["state.c"] = state[1]
+        return t
+
+    def save_latest(self, stopped: str | None = None) -> None:
+        tensors = self._state_tensors()     # collective under MPI: every rank calls it
+        if self.rank0:
+            self.model.save(self.latest_path, train_state=self.train_state(stopped),
+                            extra_tensors=tensors)
+
+    def save_best(self) -> None:
+        if self.rank0:
+            # weights plus the training state (for `charrnn info`); no optimizer tensors
+            self.model.save(self.best_path, train_state=self.train_state())
+
+    # ------------------------------------------------------------------ loop
+    def _batch(self):
+        x, y = self.loader.batch(self.pos, self.lo, self.hi)        # (b, T) each
+        if self.lut is not None:
+            x, y = self.lut[x], self.lut[y]
+        return x, y
+
+    def _lr(self, run_start: float) -> float:
+        from .schedule import lr_at, total_iterations
+
+        t = self.tcfg
+        total = total_iterations(t, self.bpe)
+        progress = None
+        if t.schedule == "cosine" and t.max_time > 0:
+            progress = min(1.0, (time.monotonic() - run_start) / t.max_time)
+        return lr_at(t, self.iteration, self.epoch_float(), total, progress)
+
+    def _done(self, run_start: float) -> str | None:
+        t = self.tcfg
+        if t.max_iters and self.iteration >= t.max_iters:
+            return "max_iters"
+        if t.max_epochs and self.epoch >= t.max_epochs:
+            return "max_epochs"
+        if t.max_time and time.monotonic() - run_start >= t.max_time:
+            return "max_time"
+        return None
+
+    def evaluate(self) -> float | None:
+        if self.val_tokens.shape[0] < 2:
+            return None
+        loss, _ = evaluate_split(self.model, self.val_tokens, self.tcfg.batch_size,
+                                 self.tcfg.seq_len, self.lut)
+        return loss
+
+    def _record(self, train_loss: float | None, val: float | None, lr: float,
+                cps: float) -> dict:
+        rec = {
+            "iter": self.iteration,
+            "epoch": round(self.epoch_float(), 4),
+            "train_loss": None if train_loss is None else round(train_loss, 6),
+            "val_loss": None if val is None else round(val, 6),
+            "val_bpc": None if val is None else round(val / LN2, 6),
+            "lr": lr,
+            "chars_per_sec": round(cps, 1),
+            "elapsed": round(self.elapsed, 3),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if self.rank0:
+            with open(self.run_dir / METRICS_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return rec
+
+    def run(self) -> dict:
+        t = self.tcfg
+        model = self.model
+        B_local = self.hi - self.lo
+        chars_per_step = t.batch_size * t.seq_len
+        run_start = time.monotonic()
+        start_iter = self.iteration
+        stopped = self._done(run_start)
+        if stopped and self.rank0:
+            console.log(f"nothing to do: the run already reached its {stopped.replace('_', '-')} "
+                        "limit (raise it to train further)")
+        bar = console.progress(total=None, desc="train", unit="it") if self.rank0 else None
+        loss_sum, loss_n = 0.0, 0
+        window_start, window_iters = time.monotonic(), 0
+        lr = self._lr(run_start)
+        since_save = 0
+        with _Signals() as sig:
+            while stopped is None:
+                if self.pos == 0:
+                    self.state = None               # each epoch starts from a zero state
+                x, y = self._batch()
+                t0 = time.monotonic()
+                loss, self.state = model.forward_backward(x, y, self.state, train=True,
+                                                          rng=self.rng)
+                if self.comm is not None:
+                    loss = self.comm.reduce_grad(model.grad_flat, loss, B_local, t.batch_size)
+                lr = self._lr(run_start)
+                if not math.isfinite(loss):
+                    self._diverged(loss, lr)
+                norm = self.opt.step(model.flat, model.grad_flat, lr)
+                if not math.isfinite(norm):
+                    self._diverged(norm, lr, what="gradient norm")
+                self.iteration += 1
+                self.pos += 1
+                if self.pos >= self.bpe:
+                    self.pos = 0
+                    self.epoch += 1
+                self.chars_seen += chars_per_step
+                self.elapsed += time.monotonic() - t0
+                loss_sum += loss
+                loss_n += 1
+                window_iters += 1
+                since_save += 1
+                if self.comm is not None:
+                    self.comm.check_sync(self.iteration, model.flat)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {loss:.3f} bpc {loss / LN2:.3f} "
+                                        f"epoch {self.epoch_float():.2f}", refresh=False)
+                stopped = self._done(run_start)
+                if sig.received is not None:
+                    stopped = "signal"
+                if self.comm is not None:
+                    stopped = self.comm.agree_stop(stopped)
+                do_eval = self.iteration % t.eval_every == 0 or stopped is not None
+                if do_eval:
+                    span = time.monotonic() - window_start
+                    cps = window_iters * chars_per_step / span if span > 0 else 0.0
+                    val = self.evaluate() if stopped != "signal" else None
+                    if val is not None and not math.isfinite(val):
+                        self._diverged(val, lr, what="validation loss")
+                    metric = val if val is not None else loss_sum / max(loss_n, 1)
+                    improved = metric < self.best_val
+                    if stopped != "signal":
+                        self.last_val = val
+                        if improved:
+                            self.best_val, self.best_iter, self.bad_evals = \
+                                metric, self.iteration, 0
+                            self.save_best()
+                        else:
+                            self.bad_evals += 1
+                        rec = self._record(loss_sum / max(loss_n, 1), val, lr, cps)
+                        self._report(rec, bar)
+                        if t.patience and self.bad_evals >= t.patience and stopped is None:
+                            stopped = "patience"
+                            if self.rank0:
+                                console.log(f"early stopping: no improvement in "
+                                            f"{t.patience} evaluations")
+                    loss_sum, loss_n = 0.0, 0
+                    window_start, window_iters = time.monotonic(), 0
+                if do_eval and t.save_every == 0 or (t.save_every and since_save >= t.save_every) \
+                        or stopped is not None:
+                    self.save_latest(stopped)
+                    since_save = 0
+        if bar is not None:
+            bar.close()
+        summary = self._summary(stopped, start_iter, run_start)
+        if stopped == "signal":
+            signum = sig.received
+            name = signal.Signals(signum).name
+            raise Interrupted(
+                f"stopped by {name} at iteration {self.iteration}; saved {self.latest_path} "
+                "(run the same command again to resume)", 128 + signum)
+        return summary
+
+    def _diverged(self, value: float, lr: float, what: str = "loss") -> None:
+        kept = (f"the last good checkpoint {self.latest_path} is kept"
+                if self.latest_path.exists() else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"{what} became {value} at iteration {self.iteration + 1}; {kept}; "
+            f"try a lower --lr (it was {lr:g})")
+
+    def _report(self, rec: dict, bar) -> None:
+        if not self.rank0:
+            return
+        if self.opts.emit is not None:
+            self.opts.emit(dict(rec, event="eval"))
+        val = ("" if rec["val_loss"] is None
+               else f" val {rec['val_loss']:.4f} (bpc {rec['val_bpc']:.3f})")
+        line = (f"iter {rec['iter']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f}"
+                f"{val} lr {rec['lr']:.3g} {rec['chars_per_sec']:,.0f} chars/s")
+        if bar is not None:
+            bar.write(line, file=__import__("sys").stderr)
+        else:
+            console.log(line)
+
+    def _summary(self, stopped, start_iter, run_start) -> dict:
+        wall = time.monotonic() - run_start
+        iters = self.iteration - start_iter
+        cps = iters * self.tcfg.batch_size * self.tcfg.seq_len / wall if wall > 0 else 0.0
+        best = None if not math.isfinite(self.best_val) else self.best_val
+        return {
+            "event": "done",
+            "stopped": stopped,
+            "iteration": self.iteration,
+            "epoch": round(self.epoch_float(), 4),
+            "iterations_this_run": iters,
+            "seconds": round(wall, 3),
+            "chars_per_sec": round(cps, 1),
+            "val_loss": self.last_val,
+            "val_bpc": None if self.last_val is None else self.last_val / LN2,
+            "best_val_loss": best,
+            "best_val_bpc": None if best is None else best / LN2,
+            "best_iteration": self.best_iter,
+            "latest": str(self.latest_path),
+            "best": str(self.best_path),
+        }
+
+
+def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
+    """Train (or resume) the run in ``opts.run_dir``; returns the summary dict.
+
+    The caller holds the run directory's lock (see :mod:`charrnn.lock`)."""
+    from .fsutil import remove_stale_temps
+
+    Path(opts.run_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(opts.run_dir)
+    trainer = Trainer(mcfg, tcfg, opts)
+    return trainer.run()
+
+
+__all__ = ["train", "Trainer", "RunOptions", "evaluate_split", "estimate_memory",
+           "check_memory", "merge_resumed", "vocab_map", "fmt_duration", "METRICS_NAME",
+           "RESUMABLE_CHANGES", "DataError"]

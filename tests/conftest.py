@@ -1,0 +1,46 @@
+"""Shared fixtures: small corpora the tests write themselves, and CLI helpers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
+          "jolly boxers and my girl wove six dozen plaid jackets before she quit").split()
+
+
+def make_text(n_chars: int, seed: int = 0) -> str:
+    """Deterministic English-like text: sentences of random words, one per line."""
+    rng = np.random.default_rng(seed)
+    out, size = [], 0
+    while size < n_chars:
+        k = int(rng.integers(3, 10))
+        words = [_WORDS[i] for i in rng.integers(0, len(_WORDS), k)]
+        line = " ".join(words).capitalize() + (". " if rng.random() < 0.7 else "!\n")
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(make_text(20_000), encoding="utf-8")
+    return p
+
+
+def run_cli(*args, env=None, input=None, timeout=300, cwd=None):
+    """Run `python -m charrnn ARGS` in a real subprocess; returns CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.setdefault("CHARRNN_THREADS", "2")
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)],
+                          capture_output=True, text=True, env=full_env, input=input,
+                          timeout=timeout, cwd=cwd)
