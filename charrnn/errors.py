@@ -16,6 +16,7 @@ class ExitStatus(enum.IntEnum):
     SUCCESS = 0
     ERROR = 1          # an expected failure: bad input, corrupt file, ...
     USAGE = 2          # click usage errors: bad option value or combination of options
+    TEMPFAIL = 75      # EX_TEMPFAIL (sysexits.h): another run holds the lock; try later
     SIGINT = 130       # 128 + SIGINT: interrupted with Ctrl-C
     SIGTERM = 143      # 128 + SIGTERM: terminated
 
@@ -51,7 +52,10 @@ class CorpusError(CharrnnError):
 
 
 class LockError(CharrnnError):
-    """Another process holds the run directory's lock (exit 1, like every expected error)."""
+    """Another process holds the run directory's lock: exit 75 (EX_TEMPFAIL), so a cron
+    wrapper can tell "busy, try later" from "broken"."""
+
+    exit_code = ExitStatus.TEMPFAIL
 
 
 class TrainingDiverged(CharrnnError):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import console
-from .errors import InputError
+from .errors import CharrnnError, InputError, VocabError
 
 DATA_SUBDIR = "data"
 
@@ -36,6 +36,24 @@ def _recorded_sources(data_dir: Path):
             return json.load(f).get("sources")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _run_vocab(run_dir: Path):
+    """The vocabulary of the run's latest checkpoint (None if there is none): a run that
+    continues encodes new text with its model's vocabulary, so new characters are found
+    before anything is written."""
+    from .checkpoint import LATEST_NAME, read_header
+
+    latest = run_dir / LATEST_NAME
+    if not latest.is_file():
+        return None
+    try:
+        _, meta, _ = read_header(latest)
+        from .vocab import Vocab
+
+        return Vocab.from_dict(json.loads(meta["vocab"]))
+    except (CharrnnError, KeyError, ValueError):
+        return None          # the trainer reports a broken checkpoint properly
 
 
 def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
@@ -59,12 +77,15 @@ def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
         if fresh is not None and is_prepared(target) and _recorded_sources(target) == fresh:
             pass                                                # unchanged: reuse
         else:
-            if is_prepared(target) and not restart:
-                console.log(f"the training text changed; re-preparing {target}")
-            else:
+            if not is_prepared(target):
                 console.log(f"preparing {corpus or data} into {target}")
-            prepare(inputs, target, corpus=corpus, force=True,
-                    show_progress=console.stderr_is_tty())
+            vocab = None if (restart or grow_vocab) else _run_vocab(Path(run_dir))
+            try:
+                prepare(inputs, target, corpus=corpus, force=True, vocab=vocab,
+                        show_progress=console.stderr_is_tty())
+            except VocabError as e:
+                raise VocabError(f"{e}; add --grow-vocab to extend the model's vocabulary "
+                                 "(or --restart to start a new model)") from None
     if comm is not None:
         comm.barrier()
     return target

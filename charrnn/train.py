@@ -63,6 +63,7 @@ class RunOptions:
     emit: Callable[[dict], None] | None = None      # receives each eval record (--json)
     comm: object | None = None                      # charrnn.distributed.Comm for MPI
     grow_vocab: bool = False                        # extend the vocabulary with new chars
+    publish: Path | None = None                     # copy of best, updated atomically
 
 
 # ---------------------------------------------------------------------- helpers
@@ -436,6 +437,11 @@ class Trainer:
 
             try:
                 best = load_model(self.best_path)
+                if best.vocab != self.model.vocab and best.vocab.chars == \
+                        self.model.vocab.chars[:len(best.vocab.chars)]:
+                    from .runs import grow_model_vocab   # grown this night: grow best too
+
+                    best, _ = grow_model_vocab(best, self.model.vocab, seed=self.tcfg.seed)
                 lut = vocab_map(self.data_vocab, best.vocab, "the validation data")
             except (CheckpointError, VocabError) as e:
                 console.warn(f"cannot re-score {self.best_path} on the new data ({e}); "
@@ -497,6 +503,10 @@ class Trainer:
         if self.rank0:
             # weights plus the training state (for `charrnn info`); no optimizer tensors
             self.model.save(self.best_path, train_state=self.train_state())
+            if self.opts.publish is not None:
+                from .fsutil import atomic_write_bytes
+
+                atomic_write_bytes(self.opts.publish, self.best_path.read_bytes())
 
     # ------------------------------------------------------------------ loop
     def _batch(self):

@@ -101,7 +101,7 @@ def test_second_process_is_refused_while_first_holds(tmp_path):
         assert msg.startswith(f"{run} is in use by another charrnn train (pid {p.pid}, started ")
         assert msg.endswith(f"wait for it to finish or remove {run}/.lock if it is not running")
         assert "\n" not in msg
-        assert ei.value.exit_code == ExitStatus.ERROR
+        assert ei.value.exit_code == ExitStatus.TEMPFAIL
         assert (run / ".lock").exists()        # the refused one removed nothing
     finally:
         p.stdin.close()

@@ -123,13 +123,13 @@ def test_corrupt_latest_is_refused(text_file, tmp_path, capsys):
     assert err.startswith(f"Error: {latest}: ") and err.count("\n") == 1
 
 
-def test_lock_refuses_second_run(text_file, tmp_path, capsys):
+def test_lock_refuses_second_run_with_exit_75(text_file, tmp_path, capsys):
     from charrnn.lock import RunLock
     run = tmp_path / "run"
     with RunLock(run):
         code, _, err = invoke(["train", text_file, "-o", run, *SMALL, "--max-iters", "5"],
                               capsys)
-    assert code == 1
+    assert code == 75
     assert err.startswith(f"Error: {run} is in use by another charrnn train (pid ")
     assert not (run / "latest.safetensors").exists()
 

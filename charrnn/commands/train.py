@@ -88,6 +88,8 @@ def _model_options(f):
 @click.option("--corpus", metavar="NAME", help="Train on a registry corpus instead of DATA.")
 @click.option("--restart", is_flag=True, help="Start over even if RUN_DIR has a checkpoint.")
 @click.option("--init-from", metavar="CKPT", help="Fine-tune from this checkpoint's weights.")
+@click.option("--publish", type=click.Path(dir_okay=False), metavar="PATH",
+              help="After each improvement, copy best to PATH atomically (for other jobs).")
 @click.option("--grow-vocab", is_flag=True,
               help="Extend the model's vocabulary with new characters of the data.")
 @_model_options
@@ -96,7 +98,7 @@ def _model_options(f):
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also append log lines here.")
 @click.pass_context
-def command(ctx, data, run_dir, corpus, restart, init_from, grow_vocab, threads, as_json,
+def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab, threads, as_json,
             quiet, log_file, **values):
     """Train a model on DATA and write checkpoints to RUN_DIR.
 
@@ -164,7 +166,8 @@ def command(ctx, data, run_dir, corpus, restart, init_from, grow_vocab, threads,
                                          grow_vocab=grow_vocab, comm=comm)
         opts = RunOptions(run_dir=run, data_dir=data_dir, restart=restart, init_from=init_from,
                           explicit=explicit, json_lines=as_json, threads=n_threads,
-                          emit=emit if as_json else None, comm=comm, grow_vocab=grow_vocab)
+                          emit=emit if as_json else None, comm=comm, grow_vocab=grow_vocab,
+                          publish=Path(publish) if publish else None)
         summary = train(mcfg, tcfg, opts)
     finally:
         if lock is not None:

@@ -1,0 +1,522 @@
+"""Scoring text with a model: loss (nats/char), bits per character, perplexity.
+
+Everything runs through the batched forward pass (:meth:`Model.log_probs` over (B, T)
+windows, the state carried from one window to the next), never the per-step sampling
+kernel.
+
+Conventions:
+
+* A text is read as the continuation of a newline (or, if the vocabulary has none, of
+  its first symbol; see :func:`charrnn.sampling.default_context`): that context symbol
+  is fed first and EVERY character of the text is scored, so ``chars`` is the number of
+  characters scored.  Several INPUT files are one text, concatenated (like ``cat``).
+* Long texts are read and scored in pieces with the state carried across them, so
+  scoring in windows of any size gives the one-pass result (up to float rounding).
+* Characters outside the vocabulary are counted (``unknown``); with an unknown symbol
+  in the vocabulary they are scored as it, otherwise they are left out of the text (the
+  model reads the text without them) and a warning says how many.
+* ``--lines``: each line (without its line terminator) is scored on its own, after the
+  context symbol from a fresh state, or with ``carry`` as a part of the whole text
+  (state carried; the newlines are read but not scored).  Lines are scored in batches
+  (padded) for speed, and a line longer than :data:`LONG_LINE` characters is read and
+  scored in pieces, its text spooled to a temporary file, so memory stays bounded
+  even for a 1 GB line without a newline.
+* ``--data DIR --split S``: the prepared split's token ids, laid out by
+  :func:`charrnn.data.iter_eval_batches` as in training's validation (its n - 1
+  predictions; the first token is context).
+"""
+from __future__ import annotations
+
+import codecs
+import io
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DataError, InputError
+
+WINDOW = 256            # T of one forward call on a single stream
+READ_BYTES = 1 << 20    # bytes read at a time
+LINE_BATCH = 64         # lines scored together in --lines mode
+LONG_LINE = 8192        # lines longer than this are scored alone, in pieces
+SPOOL_CHARS = 1 << 22   # a line's text beyond this many characters goes to a temp file
+LN2 = math.log(2.0)
+
+
+@dataclass
+class Score:
+    """Sum of negative log-likelihoods (nats) over ``chars`` scored characters."""
+
+    nll: float = 0.0
+    chars: int = 0
+    unknown: int = 0
+    unknown_chars: set = field(default_factory=set)
+
+    def add(self, other: "Score") -> None:
+        self.nll += other.nll
+        self.chars += other.chars
+        self.unknown += other.unknown
+        self.unknown_chars |= other.unknown_chars
+
+    @property
+    def loss(self) -> float:
+        return self.nll / self.chars if self.chars else float("nan")
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / LN2
+
+    @property
+    def perplexity(self) -> float:
+        loss = self.loss
+        if math.isnan(loss):
+            return float("nan")
+        return math.exp(loss) if loss < 700 else float("inf")
+
+    def to_json(self) -> dict:
+        def num(x):
+            return None if (math.isnan(x) or math.isinf(x)) else round(x, 6)
+        return {"loss": num(self.loss), "bpc": num(self.bpc),
+                "perplexity": num(self.perplexity), "chars": self.chars,
+                "unknown": self.unknown}
+
+    def line(self) -> str:
+        """The plain output line, e.g.
+        ``loss 1.2345 nats/char  bpc 1.7810  perplexity 3.44  chars 12345``
+        (``  unknown N`` appended when characters were outside the vocabulary)."""
+        s = (f"loss {self.loss:.4f} nats/char  bpc {self.bpc:.4f}  "
+             f"perplexity {self.perplexity:.2f}  chars {self.chars}")
+        if self.unknown:
+            s += f"  unknown {self.unknown}"
+        return s
+
+
+# ---------------------------------------------------------------------- encoding
+
+class Encoder:
+    """Text -> ids with this module's policy for characters outside the vocabulary."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        self.unk_id = vocab.unk_id
+        top = max(max(ord(c) for c in vocab.chars), 0)
+        table = np.full(top + 1, -1, np.int64)              # (max code point + 1,)
+        for i, ch in enumerate(vocab.chars):
+            table[ord(ch)] = i
+        self.table = table
+
+    def encode(self, text: str, score: Score) -> np.ndarray:
+        """Ids (n',) int64; counts unknown characters into ``score``."""
+        from .vocab import codepoints
+
+        cps = codepoints(text)                              # (n,)
+        inside = cps < len(self.table)
+        ids = np.full(cps.shape, -1, np.int64)              # (n,)
+        ids[inside] = self.table[cps[inside]]
+        bad = ids < 0
+        if bad.any():
+            score.unknown += int(bad.sum())
+            if len(score.unknown_chars) < 5:
+                score.unknown_chars |= {chr(c) for c in np.unique(cps[bad])[:5]}
+            if self.unk_id is not None:
+                ids[bad] = self.unk_id
+            else:
+                ids = ids[~bad]
+        return ids
+
+
+# ---------------------------------------------------------------------- scoring a stream
+
+class StreamScorer:
+    """Scores one continuing stream of ids fed in pieces, the state carried throughout.
+
+    ``feed(ids)`` scores every id given the ones before it (the first from ``context``);
+    the total is in ``score``."""
+
+    def __init__(self, model, context: int, window: int = WINDOW):
+        self.model = model
+        self.window = int(window)
+        self.state = None
+        self.last = int(context)
+        self.score = Score()
+
+    def feed(self, ids: np.ndarray, scored: int | None = None) -> float:
+        """Reads ids (n,) and scores the first ``scored`` of them (default all); returns
+        their summed nll (nats)."""
+        n = len(ids)
+        k = n if scored is None else int(scored)
+        if n == 0:
+            return 0.0
+        seq = np.empty(n + 1, np.int64)                     # (n+1,)
+        seq[0] = self.last
+        seq[1:] = ids
+        total = 0.0
+        T = self.window
+        for lo in range(0, n, T):
+            hi = min(n, lo + T)
+            lp, self.state = self.model.log_probs(seq[None, lo:hi], seq[None, lo + 1:hi + 1],
+                                                  self.state)          # (1, w)
+            if hi <= k:
+                total -= float(lp.sum())
+            elif lo < k:
+                total -= float(lp[0, :k - lo].sum())
+        self.last = int(seq[-1])
+        self.score.nll += total
+        self.score.chars += k
+        return total
+
+
+def score_ids(model, ids, context: int | None = None, window: int = WINDOW) -> Score:
+    """Score a whole id sequence (n,) as one stream after ``context``."""
+    from .sampling import default_context
+
+    sc = StreamScorer(model, default_context(model) if context is None else context, window)
+    sc.feed(np.asarray(ids, np.int64))
+    return sc.score
+
+
+# ---------------------------------------------------------------------- inputs
+
+def _open_input(name: str):
+    """A binary file object for a path or '-' (stdin), and a display name."""
+    if name == "-":
+        return sys.stdin.buffer, "standard input", False
+    try:
+        if os.path.isdir(name):
+            raise InputError(f"{name}: is a directory (give text files, or --data DIR)")
+        return open(name, "rb"), name, True
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
+
+
+def iter_text(names, read_bytes: int = READ_BYTES):
+    """Decoded UTF-8 text of the inputs, piece by piece (strict: a bad byte is an
+    InputError with its offset)."""
+    for name in names:
+        f, shown, close = _open_input(name)
+        try:
+            dec = codecs.getincrementaldecoder("utf-8")("strict")
+            offset = 0
+            while True:
+                raw = f.read(read_bytes)
+                final = not raw
+                try:
+                    text = dec.decode(raw, final=final)
+                except UnicodeDecodeError as e:
+                    raise InputError(f"{shown}: not valid UTF-8 (byte offset "
+                                     f"{offset + e.start - len(dec.getstate()[0])})") from None
+                offset += len(raw)
+                if text:
+                    yield text
+                if final:
+                    break
+        finally:
+            if close:
+                f.close()
+
+
+def _warn_unknown(score: Score, vocab, warn) -> None:
+    if not score.unknown or warn is None:
+        return
+    shown = ", ".join(repr(c) for c in sorted(score.unknown_chars)[:5])
+    if vocab.unk_id is not None:
+        warn(f"{score.unknown} character(s) not in the model's vocabulary ({shown}) were "
+             "scored as the unknown symbol")
+    else:
+        warn(f"{score.unknown} character(s) not in the model's vocabulary ({shown}) were "
+             "left out of the score")
+
+
+def evaluate_files(model, names, warn=None, window: int = WINDOW) -> Score:
+    """Score the concatenation of the input files ('-' = stdin) as one text."""
+    from .sampling import default_context
+
+    _need_vocab(model)
+    enc = Encoder(model.vocab)
+    sc = StreamScorer(model, default_context(model), window)
+    for text in iter_text(names):
+        sc.feed(enc.encode(text, sc.score))
+    _warn_unknown(sc.score, model.vocab, warn)
+    return sc.score
+
+
+def evaluate_text(model, text: str, window: int = WINDOW) -> Score:
+    """Score one in-memory text (same conventions as the files)."""
+    from .sampling import default_context
+
+    _need_vocab(model)
+    sc = StreamScorer(model, default_context(model), window)
+    sc.feed(Encoder(model.vocab).encode(text, sc.score))
+    return sc.score
+
+
+def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
+                   seq_len: int = WINDOW) -> Score:
+    """Score a prepared split as training's validation does (its n - 1 predictions)."""
+    try:
+        from .data import Dataset, iter_eval_batches
+    except ImportError:  # pragma: no cover - data.py ships with charrnn
+        raise DataError("this charrnn cannot read prepared data directories") from None
+    ds = Dataset(data_dir)
+    if model.vocab is not None and ds.vocab != model.vocab:
+        raise DataError(f"{data_dir}: its vocabulary ({len(ds.vocab)} symbols) is not the "
+                        f"model's ({len(model.vocab)} symbols); score the text files instead")
+    if len(ds.vocab) != model.config.vocab_size:
+        raise DataError(f"{data_dir}: its vocabulary has {len(ds.vocab)} symbols, the model "
+                        f"{model.config.vocab_size}")
+    tokens = ds.split(split)
+    if len(tokens) < 2:
+        raise DataError(f"{data_dir}: the {split} split has {len(tokens)} characters; "
+                        "nothing to score")
+    score = Score()
+    state, rows = None, None
+    for x, y in iter_eval_batches(tokens, batch_size, seq_len):
+        if x.shape[0] != rows:
+            state, rows = None, x.shape[0]
+        lp, state = model.log_probs(x, y, state)                         # (B, T)
+        score.nll -= float(lp.sum())
+        score.chars += lp.size
+    return score
+
+
+def _need_vocab(model) -> None:
+    if model.vocab is None:
+        raise InputError("the checkpoint has no vocabulary, so it cannot read text")
+
+
+# ---------------------------------------------------------------------- lines
+
+class _LineText:
+    """The text of one line, in memory up to SPOOL_CHARS, then in a temp file."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.size = 0
+        self.file = None
+
+    def add(self, s: str) -> None:
+        if not s:
+            return
+        if self.file is None and self.size + len(s) > SPOOL_CHARS:
+            self.file = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+            self.file.write("".join(self.parts))
+            self.parts = []
+        if self.file is not None:
+            self.file.write(s)
+        else:
+            self.parts.append(s)
+        self.size += len(s)
+
+    def write_to(self, out) -> None:
+        if self.file is None:
+            out.write("".join(self.parts))
+            return
+        self.file.seek(0)
+        while True:
+            block = self.file.read(1 << 20)
+            if not block:
+                break
+            out.write(block)
+        self.file.close()
+
+
+def _format_line(score: Score) -> str:
+    bpc = score.bpc
+    return "nan" if math.isnan(bpc) else f"{bpc:.4f}"
+
+
+class _OpenLine:
+    """A line being read piece by piece (long lines, and every line with --carry)."""
+
+    def __init__(self, scorer: StreamScorer):
+        self.scorer = scorer
+        self.text = _LineText()
+        self.score = Score()
+
+
+class LineScorer:
+    """--lines: scores each line and writes ``bpc<TAB>chars<TAB>line`` per line, in order.
+
+    Feed decoded text with :meth:`feed` (pieces may end anywhere, even inside a line),
+    then :meth:`finish`.  Complete short lines are scored together (B lines padded to
+    one T, one forward call); a line that grows past LONG_LINE characters is scored
+    alone in pieces, from a fresh state.  With ``carry`` every line is scored in pieces
+    by one stream whose state runs through the whole input (newlines read, not scored).
+    """
+
+    def __init__(self, model, out, carry: bool = False, batch: int = LINE_BATCH,
+                 window: int = WINDOW, as_json: bool = False):
+        from .sampling import default_context
+
+        _need_vocab(model)
+        self.model = model
+        self.out = out
+        self.as_json = as_json
+        self.carry = carry
+        self.batch = int(batch)
+        self.window = int(window)
+        self.enc = Encoder(model.vocab)
+        self.context = default_context(model)
+        self.newline = model.vocab.stoi.get("\n")
+        self.total = Score()
+        self.pending: list[tuple[str, np.ndarray, Score]] = []
+        self.partial: list[str] = []          # the current short line's text so far
+        self.partial_len = 0
+        self.open: _OpenLine | None = None     # the current line when read in pieces
+        self.stream = StreamScorer(model, self.context, window) if carry else None
+        self.lines = 0
+
+    # -- output -----------------------------------------------------------------
+    def _emit(self, sc: Score, text) -> None:
+        self.total.add(sc)
+        self.lines += 1
+        if self.as_json:
+            import json
+
+            if isinstance(text, _LineText):
+                buf = io.StringIO()
+                text.write_to(buf)
+                text = buf.getvalue()
+            self.out.write(json.dumps({**sc.to_json(), "line": text}, ensure_ascii=False)
+                           + "\n")
+            return
+        self.out.write(f"{_format_line(sc)}\t{sc.chars}\t")
+        if isinstance(text, _LineText):
+            text.write_to(self.out)
+        else:
+            self.out.write(text)
+        self.out.write("\n")
+
+    def _flush_batch(self) -> None:
+        if not self.pending:
+            return
+        B = len(self.pending)
+        T = max(len(ids) for _, ids, _ in self.pending)
+        nll = np.zeros(B)                                                    # (B,)
+        if T > 0:
+            Tp = -(-T // 64) * 64              # few distinct shapes: the model keeps buffers
+            x = np.zeros((B, Tp), np.int64)                                  # (B, Tp)
+            y = np.zeros((B, Tp), np.int64)                                  # (B, Tp)
+            mask = np.zeros((B, Tp), bool)                                   # (B, Tp)
+            for b, (_, ids, _) in enumerate(self.pending):
+                n = len(ids)
+                x[b, 0] = self.context
+                x[b, 1:n] = ids[:n - 1]
+                y[b, :n] = ids
+                mask[b, :n] = True
+            lp, _ = self.model.log_probs(x, y, None)                         # (B, Tp)
+            nll = -np.where(mask, lp, 0.0).sum(axis=1)                       # (B,)
+        for b, (text, ids, sc) in enumerate(self.pending):
+            sc.nll = float(nll[b])
+            sc.chars = len(ids)
+            self._emit(sc, text)
+        self.pending = []
+
+    # -- lines --------------------------------------------------------------------
+    def _start_open(self) -> None:
+        """The current line continues in pieces from here on."""
+        self._flush_batch()
+        scorer = self.stream if self.carry else StreamScorer(self.model, self.context,
+                                                             self.window)
+        self.open = _OpenLine(scorer)
+        text = "".join(self.partial)
+        self.partial, self.partial_len = [], 0
+        self._open_piece(text)
+
+    def _open_piece(self, text: str) -> None:
+        if not text:
+            return
+        ol = self.open
+        ids = self.enc.encode(text, ol.score)
+        ol.score.nll += ol.scorer.feed(ids)
+        ol.score.chars += len(ids)
+        ol.text.add(text)
+
+    def _end_line(self) -> None:
+        """The current line is complete (its newline was seen, or the input ended)."""
+        if self.open is None and not self.carry:
+            text = "".join(self.partial)
+            self.partial, self.partial_len = [], 0
+            sc = Score()
+            self.pending.append((text, self.enc.encode(text, sc), sc))
+            if len(self.pending) >= self.batch:
+                self._flush_batch()
+            return
+        if self.open is None:
+            self._start_open()
+        ol = self.open
+        self.open = None
+        if self.carry and self.newline is not None:
+            ol.scorer.feed(np.array([self.newline], np.int64), scored=0)
+        self._emit(ol.score, ol.text)
+
+    def feed(self, text: str) -> None:
+        """A piece of the input text."""
+        parts = text.split("\n")
+        for k, part in enumerate(parts):
+            if self.open is not None:
+                self._open_piece(part)
+            elif part:
+                self.partial.append(part)
+                self.partial_len += len(part)
+                if self.carry or self.partial_len > LONG_LINE:
+                    self._start_open()
+            if k < len(parts) - 1:
+                self._end_line()
+
+    def end_of_chunk(self) -> None:
+        """Score and write what is complete (called after each read)."""
+        self._flush_batch()
+        self.out.flush()
+
+    def finish(self) -> Score:
+        if self.open is not None or self.partial:
+            self._end_line()              # a last line without a newline
+        self._flush_batch()
+        self.out.flush()
+        return self.total
+
+
+def evaluate_lines(model, names, out, carry: bool = False, warn=None,
+                   read_bytes: int = 1 << 16, as_json: bool = False) -> Score:
+    """--lines over the inputs ('-' = stdin), streaming: each read is scored and written
+    before the next (a slow pipe gets its lines back as they come)."""
+    ls = LineScorer(model, out, carry=carry, as_json=as_json)
+    for name in names:
+        f, shown, close = _open_input(name)
+        try:
+            dec = codecs.getincrementaldecoder("utf-8")("strict")
+            offset = 0
+            reader = getattr(f, "read1", f.read)
+            while True:
+                raw = reader(read_bytes)
+                final = not raw
+                try:
+                    text = dec.decode(raw, final=final)
+                except UnicodeDecodeError as e:
+                    raise InputError(f"{shown}: not valid UTF-8 (byte offset "
+                                     f"{offset + e.start - len(dec.getstate()[0])})") from None
+                offset += len(raw)
+                if text:
+                    ls.feed(text)
+                    ls.end_of_chunk()
+                if final:
+                    break
+        finally:
+            if close:
+                f.close()
+    total = ls.finish()
+    _warn_unknown(total, model.vocab, warn)
+    return total
+
+
+__all__ = ["Score", "Encoder", "StreamScorer", "LineScorer", "score_ids", "evaluate_files",
+           "evaluate_text", "evaluate_split", "evaluate_lines", "iter_text", "WINDOW"]
