@@ -1,0 +1,201 @@
+"""Faults and hostile input, in real subprocesses: kills at random moments (also in the
+middle of a checkpoint write), a full disk, corrupt checkpoints, concurrent runs and
+readers, impossible option combinations.  Each case pins the message and the exit code
+and checks that nothing good was lost."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn.checkpoint import read_checkpoint
+from charrnn.model import Model
+
+from conftest import make_text, run_cli
+
+ARGS = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--seq-len", "16",
+        "--eval-every", "5", "--max-epochs", "0"]
+
+
+def _popen(*args, env=None):
+    full = dict(os.environ, CHARRNN_THREADS="2")
+    full.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(make_text(20_000, seed=7), encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def trained(corpus, tmp_path) -> Path:
+    run = tmp_path / "run"
+    r = run_cli("train", corpus, "-o", run, *ARGS, "--max-iters", "10")
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def test_random_sigkills_lose_nothing_and_resume_bit_exact(corpus, tmp_path):
+    """Kill at random moments, half of them with a slow (wide-window) checkpoint writer;
+    after every kill `latest` loads; the finished run equals an uninterrupted one."""
+    args = [*ARGS, "--max-iters", "2000", "--save-every", "25", "--eval-every", "100"]
+    ref = run_cli("train", corpus, "-o", tmp_path / "ref", *args)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    rng = random.Random(1)
+    kills = 0
+    for k in range(8):
+        env = {"CHARRNN_TEST_SLOW_WRITE": "0.2"} if k % 2 else None
+        proc = _popen("train", corpus, "-o", run, *args, env=env)
+        time.sleep(rng.uniform(0.8, 2.0))
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.wait()
+        kills += 1
+        if (run / "latest.safetensors").exists():
+            Model.load(run / "latest.safetensors")           # always a complete file
+            read_checkpoint(run / "latest.safetensors")
+    assert kills >= 4
+    r = run_cli("train", corpus, "-o", run, *args)
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(Model.load(run / "latest.safetensors").flat,
+                          Model.load(tmp_path / "ref" / "latest.safetensors").flat)
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
+def test_disk_full_while_saving_keeps_previous_checkpoint(trained, corpus):
+    latest = trained / "latest.safetensors"
+    before = latest.read_bytes()
+    r = run_cli("train", corpus, "-o", trained, *ARGS, "--max-iters", "20",
+                env={"CHARRNN_TEST_ENOSPC": "latest.safetensors"})
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == (f"Error: {latest}: no space left on device; the "
+                                         "previous file (if any) is intact")
+    assert latest.read_bytes() == before
+    assert not [p for p in trained.iterdir() if ".tmp-" in p.name]
+    r = run_cli("train", corpus, "-o", trained, *ARGS, "--max-iters", "20")
+    assert r.returncode == 0, r.stderr
+
+
+def _damaged_copies(src: Path, out: Path) -> dict[str, Path]:
+    data = src.read_bytes()
+    n = len(data)
+    hlen = struct.unpack("<Q", data[:8])[0]
+    cases = {}
+
+    def put(name, content):
+        p = out / f"{name}.safetensors"
+        p.write_bytes(content)
+        cases[name] = p
+    for i in range(1, 8):
+        put(f"truncated-{i}of8", data[: n * i // 8])
+    put("zero-length", b"")
+    hdr = bytearray(data)
+    pos = data.index(b'"format_version"') + 3
+    hdr[pos] ^= 0x01
+    put("flipped-header-byte", bytes(hdr))
+    ten = bytearray(data)
+    ten[8 + hlen + (n - 8 - hlen) // 2] ^= 0x40
+    put("flipped-tensor-byte", bytes(ten))
+    put("random", np.random.default_rng(0).bytes(4096))
+    from safetensors.numpy import save
+    put("foreign", save({"w": np.zeros((2, 2), np.float32)}, metadata={"x": "y"}))
+    head = json.loads(data[8:8 + hlen])
+    head["__metadata__"]["format_version"] = "99"
+    raw = json.dumps(head).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    put("future-version", struct.pack("<Q", len(raw)) + raw + data[8 + hlen:])
+    return cases
+
+
+def test_corrupt_checkpoints_are_one_line_errors(trained, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cases = _damaged_copies(trained / "latest.safetensors", bad)
+    from charrnn.cli import cli
+    commands = [["info"], ["sample", "-n", "5"], ["eval", str(trained / "data" / "val.bin")],
+                ["train", str(trained / "data"), "-o", str(tmp_path / "ft"), "--max-iters", "1",
+                 "--init-from"]]
+    tried = 0
+    for name, path in cases.items():
+        for cmd in commands:
+            assert cmd[0] in cli.commands, cmd[0]
+            argv = [*cmd, str(path)] if cmd[0] == "train" else [cmd[0], str(path), *cmd[1:]]
+            if cmd[0] == "eval":
+                argv = ["eval", str(path), str(trained / "corpus-piece.txt")]
+                (trained / "corpus-piece.txt").write_text("the fox\n")
+            r = run_cli(*argv)
+            tried += 1
+            assert r.returncode == 1, (name, cmd, r.stderr)
+            assert r.stderr.startswith(f"Error: {path}: "), (name, cmd, r.stderr)
+            assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+            assert r.stdout == ""
+    assert tried == len(cases) * len(commands)
+    r = run_cli("info", cases["future-version"])
+    assert "format version 99" in r.stderr and "upgrade charrnn" in r.stderr
+
+
+def test_readers_always_see_complete_checkpoints_while_training(corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = _popen("train", corpus, "-o", run, *ARGS, "--eval-every", "1", "--max-iters", "150",
+                  env={"CHARRNN_THREADS": "1"})
+    reads = 0
+    try:
+        while proc.poll() is None:
+            if (run / "best.safetensors").exists():
+                for name in ("latest.safetensors", "best.safetensors"):
+                    Model.load(run / name)
+                    reads += 1
+            time.sleep(0.01)
+    finally:
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert reads > 10
+    r = run_cli("sample", run, "-n", "20", "--seed", "1")
+    assert r.returncode == 0 and len(r.stdout) >= 20
+
+
+def test_second_train_on_same_run_dir_exits_75(corpus, tmp_path):
+    run = tmp_path / "run"
+    first = _popen("train", corpus, "-o", run, *ARGS, "--max-iters", "100000")
+    try:
+        deadline = time.time() + 120
+        while not (run / ".lock").exists():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        r = run_cli("train", corpus, "-o", run, *ARGS, "--max-iters", "5")
+        assert r.returncode == 75
+        assert r.stderr.startswith(f"Error: {run} is in use by another charrnn train (pid "
+                                   f"{first.pid}")
+        assert r.stderr.count("\n") == 1
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+
+
+def test_batch_larger_than_data_and_memory_estimate(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("abcdefghij" * 30, encoding="utf-8")
+    r = run_cli("train", small, "-o", tmp_path / "r1", "--batch-size", "50", "--seq-len", "50")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1].startswith("Error: training split has 285 characters; it "
+                                                "needs at least B*T+1 = 2501")
+    r = run_cli("train", small, "-o", tmp_path / "r2", "--hidden", "16384",
+                "--batch-size", "100000", "--seq-len", "1000")
+    assert r.returncode == 1
+    line = r.stderr.splitlines()[-1]
+    assert line.startswith("Error: this model and batch need about ") and "GiB" in line
