@@ -3,6 +3,7 @@
 #   python3 -m venv .venv && . .venv/bin/activate && make demo
 PYTHON ?= python3
 PIP    ?= $(PYTHON) -m pip
+SUDO   ?=
 DEMO_DIR ?= demo
 
 .PHONY: help install install-dev install-torch install-mpi demo test test-fast lint bench bench-quality soak clean
@@ -24,13 +25,25 @@ install-dev:
 install-torch:
 	$(PIP) install -q -e '.[torch]'
 
+# Open MPI (apt-get, as root; otherwise SUDO=sudo) and mpi4py, for `mpirun -n N charrnn train`.
+# Never fails: without MPI the MPI tests are skipped (with the reason), so `make test` and
+# CI stay green on machines where apt-get is missing or not allowed.
 install-mpi:
-	@command -v mpirun >/dev/null 2>&1 || { \
-	  if command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null) \
-	    || echo "make install-mpi: could not install Open MPI with apt-get (need root?)" >&2; \
-	  else echo "make install-mpi: install Open MPI with your package manager" >&2; fi; }
-	@command -v mpirun >/dev/null 2>&1 && $(PIP) install -q -e '.[mpi]' || true
+	@if ! command -v mpirun >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || [ -n "$(SUDO)" ]; }; then \
+	    echo "make install-mpi: apt-get install openmpi-bin libopenmpi-dev" >&2; \
+	    { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	        -y -qq openmpi-bin libopenmpi-dev >/dev/null; } \
+	    || echo "make install-mpi: apt-get could not install Open MPI; MPI tests will be skipped" >&2; \
+	  else \
+	    echo "make install-mpi: mpirun not found; install Open MPI (apt-get install openmpi-bin" \
+	         "libopenmpi-dev, or make install-mpi SUDO=sudo); MPI tests will be skipped" >&2; \
+	  fi; \
+	fi
+	@if command -v mpirun >/dev/null 2>&1 && ! $(PYTHON) -c "import mpi4py" 2>/dev/null; then \
+	  $(PIP) install -q 'mpi4py>=3.1' \
+	  || echo "make install-mpi: pip could not install mpi4py; MPI tests will be skipped" >&2; \
+	fi
 
 demo: install
 	charrnn prepare --corpus python-stdlib -o $(DEMO_DIR)/data --force
@@ -38,7 +51,7 @@ demo: install
 	    --layers 2 --hidden 128 --seq-len 64 --batch-size 32 --eval-every 100
 	charrnn sample $(DEMO_DIR)/run -n 600 --temperature 0.8 --seed 1
 
-test: install-dev
+test: install-dev install-mpi
 	$(PYTHON) -m pytest -q
 
 lint:

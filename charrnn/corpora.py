@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -186,18 +185,35 @@ def _remove_stale_temps(d: Path) -> None:
 
 
 def _fetch(entry: dict, dest: Path, show_progress: bool) -> tuple[int, str]:
-    """Stream ``entry['url']`` into ``dest``; returns (size, sha256)."""
-    import socket
+    """Stream ``entry['url']`` into ``dest``; returns (size, sha256).  Every network
+    failure becomes one CorpusError line; local write errors (a full disk) propagate."""
+    import http.client
     import urllib.error
     import urllib.request
 
     name, url = entry["name"], entry["url"]
+
+    def failed(reason) -> CorpusError:
+        return CorpusError(f"corpus '{name}': download failed: {reason} ({url})")
+
     req = urllib.request.Request(url, headers={"User-Agent": f"charrnn/{__version__}"})
     h = hashlib.sha256()
     size = 0
     bar = None
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp, open(dest, "wb") as out:
+        resp = urllib.request.urlopen(req, timeout=60)
+    except urllib.error.HTTPError as e:
+        raise failed(f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, OSError):
+            reason = reason.strerror or str(reason)
+        raise CorpusError(f"corpus '{name}': download failed: {reason} ({url}); check the "
+                          "network, or put a copy in CHARRNN_CORPORA_DIR") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:   # timeouts, bad URLs
+        raise failed(str(e) or type(e).__name__) from None
+    try:
+        with resp, open(dest, "wb") as out:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             if show_progress:
@@ -206,8 +222,12 @@ def _fetch(entry: dict, dest: Path, show_progress: bool) -> tuple[int, str]:
                 if bar is not None:
                     bar.unit_scale = True
                     bar.unit_divisor = 1024
+                    bar.refresh()
             while True:
-                block = resp.read(1 << 20)
+                try:
+                    block = resp.read(1 << 20)
+                except (OSError, http.client.HTTPException) as e:
+                    raise failed(str(e) or type(e).__name__) from None
                 if not block:
                     break
                 out.write(block)
@@ -216,24 +236,9 @@ def _fetch(entry: dict, dest: Path, show_progress: bool) -> tuple[int, str]:
                 if bar is not None:
                     bar.update(len(block))
             if total is not None and size != total:
-                raise CorpusError(f"corpus '{name}': download from {url} ended after {size} "
-                                  f"of {total} bytes; try again")
+                raise failed(f"the connection closed after {size} of {total} bytes")
             out.flush()
             os.fsync(out.fileno())
-    except urllib.error.HTTPError as e:
-        raise CorpusError(f"corpus '{name}': download failed: HTTP {e.code} {e.reason} "
-                          f"({url})") from None
-    except urllib.error.URLError as e:
-        reason = e.reason if not isinstance(e.reason, OSError) else \
-            (e.reason.strerror or str(e.reason))
-        raise CorpusError(f"corpus '{name}': download failed: {reason} ({url}); check the "
-                          "network, or put a copy in CHARRNN_CORPORA_DIR") from None
-    except (socket.timeout, TimeoutError):
-        raise CorpusError(f"corpus '{name}': download failed: timed out ({url})") from None
-    except (OSError, ValueError) as e:
-        if isinstance(e, OSError) and dest.parent.exists() and getattr(e, "filename", None):
-            raise
-        raise CorpusError(f"corpus '{name}': download failed: {e} ({url})") from None
     finally:
         if bar is not None:
             bar.close()
@@ -271,7 +276,7 @@ def _unpack(entry: dict, archive: Path, dest: Path) -> None:
         raise
 
 
-def download(name: str, show_progress: bool = True) -> Path:
+def download_corpus(name: str, show_progress: bool = True) -> Path:
     """Download corpus ``name`` into the cache (verifying it) and return its text file."""
     from .console import warn
     from .fsutil import atomic_write_text, fsync_dir
@@ -346,7 +351,7 @@ def corpus_files(name: str, download: bool = True, show_progress: bool = True) -
             return [cached]
         if not download:
             return None
-        return [globals()["download"](name, show_progress=show_progress)]
+        return [download_corpus(name, show_progress=show_progress)]
     raise CorpusError(f"corpus '{name}': unknown kind {kind!r} in the registry")
 
 
@@ -396,5 +401,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-__all__ = ["registry", "get", "cache_dir", "corpora_dir", "corpus_files", "download",
+download = download_corpus
+
+__all__ = ["registry", "get", "cache_dir", "corpora_dir", "corpus_files", "download_corpus",
            "list_corpora", "format_table", "stdlib_files"]

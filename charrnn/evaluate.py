@@ -266,12 +266,7 @@ def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
     except ImportError:  # pragma: no cover - data.py ships with charrnn
         raise DataError("this charrnn cannot read prepared data directories") from None
     ds = Dataset(data_dir)
-    if model.vocab is not None and ds.vocab != model.vocab:
-        raise DataError(f"{data_dir}: its vocabulary ({len(ds.vocab)} symbols) is not the "
-                        f"model's ({len(model.vocab)} symbols); score the text files instead")
-    if len(ds.vocab) != model.config.vocab_size:
-        raise DataError(f"{data_dir}: its vocabulary has {len(ds.vocab)} symbols, the model "
-                        f"{model.config.vocab_size}")
+    lut = _data_lut(ds.vocab, model, data_dir)
     tokens = ds.split(split)
     if len(tokens) < 2:
         raise DataError(f"{data_dir}: the {split} split has {len(tokens)} characters; "
@@ -281,10 +276,39 @@ def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
     for x, y in iter_eval_batches(tokens, batch_size, seq_len):
         if x.shape[0] != rows:
             state, rows = None, x.shape[0]
+        if lut is not None:
+            x, y = lut[x], lut[y]
         lp, state = model.log_probs(x, y, state)                         # (B, T)
         score.nll -= float(lp.sum())
         score.chars += lp.size
     return score
+
+
+def _data_lut(dvocab, model, data_dir) -> np.ndarray | None:
+    """Data ids -> model ids when the vocabularies differ (None when they are equal)."""
+    mv = model.vocab
+    if mv is None:
+        if len(dvocab) != model.config.vocab_size:
+            raise DataError(f"{data_dir}: its vocabulary has {len(dvocab)} symbols, the "
+                            f"model {model.config.vocab_size}")
+        return None
+    if dvocab == mv:
+        return None
+    lut = np.empty(len(dvocab), np.int64)                               # (V_data,)
+    missing = []
+    for i, ch in enumerate(dvocab.itos):
+        j = mv.stoi.get(ch) if not (dvocab.unk is not None and ch == dvocab.unk) else mv.unk_id
+        if j is None:
+            j = mv.unk_id
+            if j is None:
+                missing.append(ch)
+                continue
+        lut[i] = j
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:5])
+        raise DataError(f"{data_dir}: its vocabulary has characters the model does not know "
+                        f"({shown}); score text files instead")
+    return lut
 
 
 def _need_vocab(model) -> None:

@@ -333,16 +333,27 @@ class Model:
         state = self._check_state(state, inputs.shape[0])
         return inputs, targets, state
 
-    def forward_backward(self, inputs, targets, state=None, train: bool = True, rng=None):
+    def forward_backward(self, inputs, targets, state=None, train: bool = True, rng=None,
+                         masks=None):
         """One truncated-BPTT step: zeroes ``grad_flat``, accumulates the gradient of the
         mean loss into it and returns ``(loss, final_state)`` (new arrays, detached).
 
         Dropout applies when ``train`` and ``config.dropout > 0``; its masks are drawn
-        from ``rng`` (a ``np.random.Generator``, required then).
+        from ``rng`` (a ``np.random.Generator``, required then), unless ``masks`` gives
+        them: L arrays (T, B, H) as :meth:`dropout_masks` returns (data-parallel training
+        draws the masks of the whole batch and passes each rank its streams' slice).
         """
         inputs, targets, state = self._prepare(inputs, targets, state)
-        masks = None
-        if train and self.config.dropout > 0:
+        if masks is not None:
+            if not (train and self.config.dropout > 0):
+                masks = None
+            else:
+                T, B, H = inputs.shape[1], inputs.shape[0], self.config.hidden_size
+                if len(masks) != self.config.num_layers or \
+                        any(np.shape(m) != (T, B, H) for m in masks):
+                    raise InputError(f"masks must be {self.config.num_layers} arrays of shape "
+                                     f"(T, B, H) = {(T, B, H)}")
+        elif train and self.config.dropout > 0:
             if not isinstance(rng, np.random.Generator):
                 raise ConfigError("dropout in training mode needs rng=np.random.Generator")
             masks = self.dropout_masks(inputs.shape[0], inputs.shape[1], rng)

@@ -68,6 +68,9 @@ def ensure_numba():
     """Import numba with charrnn's cache settings; returns the numba module."""
     if not _state["numba_ready"]:
         _choose_cache_dir()
+        # numba's colorama would write "\x1b[0m" to stdout at exit whenever stdout is a
+        # terminal (mpirun gives every rank a pty), corrupting redirected --json output.
+        os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
         import numba  # noqa: F401  (heavy: imported only here and in kernels/)
 
         marker = numba_cache_dir() / f"charrnn-{__version__}-numba-{numba.__version__}.compiled"

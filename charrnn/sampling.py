@@ -191,9 +191,17 @@ class Sampler:
             self._run(np.ascontiguousarray(ids[:, 1:]), P - 1, False, P - 1)
 
     def prime(self, ids) -> None:
-        """Feed the same ids (P,) to every stream."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        self.prime_streams(np.repeat(ids, self.N, axis=0))
+        """Feed the same ids (P,) to every stream: run once on a single stream (with that
+        stream's matrix-product mode) and copy the state to all N."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)                # (1, P)
+        if self.N == 1 or ids.shape[1] < 2:
+            self.prime_streams(np.repeat(ids, self.N, axis=0))
+            return
+        one = Sampler(self.model, 1, blas=auto_blas(self.model.config.hidden_size, 1))
+        one.prime_streams(ids)
+        self.h[...] = one.h                                                 # (L, N, H)
+        self.c[...] = one.c
+        self.cur[:] = one.cur[0]
 
     def generate(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self._run(self._no_forced, 0, False, int(n))

@@ -23,6 +23,7 @@ configs.  Resuming gives bit-identical parameters to a run that was never interr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -189,12 +190,14 @@ def vocab_map(data_vocab, model_vocab, what: str) -> np.ndarray | None:
 # ---------------------------------------------------------------------- evaluation
 
 def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
-                   lut: np.ndarray | None = None) -> tuple[float, int]:
+                   lut: np.ndarray | None = None, comm=None) -> tuple[float, int]:
     """Mean loss (nats/char) over a split and the number of characters scored.
 
     The split is cut into B contiguous streams (as for training) scored in windows of
     T with the state carried from window to window, starting from zero; the n-1 - B*S
-    positions after the last full stream are left out (fewer than B)."""
+    positions after the last full stream are left out (fewer than B).  With ``comm``
+    (MPI; a collective: every rank calls it) rank r scores streams B*r//N .. B*(r+1)//N
+    and the ranks sum their totals, so every rank gets the same loss N times faster."""
     n = int(tokens.shape[0])
     if n < 2:
         return float("nan"), 0
@@ -205,12 +208,17 @@ def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
         data = lut[data]
     x_all = data[:-1].reshape(B, S)                            # (B, S)
     y_all = data[1:].reshape(B, S)                             # (B, S)
+    lo, hi = (0, B) if comm is None else (B * comm.rank // comm.size,
+                                          B * (comm.rank + 1) // comm.size)
     state = None
     total = 0.0
-    for t0 in range(0, S, seq_len):
+    for t0 in range(0, S, seq_len) if hi > lo else ():
         t1 = min(S, t0 + seq_len)
-        lp, state = model.log_probs(x_all[:, t0:t1], y_all[:, t0:t1], state)  # (B, t)
+        lp, state = model.log_probs(x_all[lo:hi, t0:t1], y_all[lo:hi, t0:t1],
+                                    state)                     # (b, t)
         total -= float(lp.sum())
+    if comm is not None:
+        total = comm.allreduce_sum(total)
     return total / (B * S), B * S
 
 
@@ -494,6 +502,8 @@ class Trainer:
         return t
 
     def save_latest(self, stopped: str | None = None) -> None:
+        if self.comm is not None:           # never save parameters the ranks disagree on
+            self.comm.check_sync(self.iteration, self.model.flat, force=True)
         tensors = self._state_tensors()     # collective under MPI: every rank calls it
         if self.rank0:
             self.model.save(self.latest_path, train_state=self.train_state(stopped),
@@ -514,6 +524,15 @@ class Trainer:
         if self.lut is not None:
             x, y = self.lut[x], self.lut[y]
         return x, y
+
+    def _masks(self):
+        """MPI with dropout: this rank's streams of the whole batch's masks, drawn from
+        the generator every rank shares, so N ranks train what one process would."""
+        if self.comm is None or self.mcfg.dropout <= 0:
+            return None                     # forward_backward draws them itself
+        t = self.tcfg
+        full = self.model.dropout_masks(t.batch_size, t.seq_len, self.rng)   # L x (T, B, H)
+        return [np.ascontiguousarray(m[:, self.lo:self.hi]) for m in full]  # L x (T, b, H)
 
     def _lr(self, run_start: float) -> float:
         from .schedule import lr_at, total_iterations
@@ -539,7 +558,7 @@ class Trainer:
         if self.val_tokens.shape[0] < 2:
             return None
         loss, _ = evaluate_split(self.model, self.val_tokens, self.tcfg.batch_size,
-                                 self.tcfg.seq_len, self.lut)
+                                 self.tcfg.seq_len, self.lut, comm=self.comm)
         return loss
 
     def _record(self, train_loss: float | None, val: float | None, lr: float,
@@ -585,7 +604,7 @@ class Trainer:
                 x, y = self._batch()
                 t0 = time.monotonic()
                 loss, self.state = model.forward_backward(x, y, self.state, train=True,
-                                                          rng=self.rng)
+                                                          rng=self.rng, masks=self._masks())
                 if self.comm is not None:
                     loss = self.comm.reduce_grad(model.grad_flat, loss, B_local, t.batch_size)
                 lr = self._lr(run_start)
@@ -707,9 +726,13 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
     The caller holds the run directory's lock (see :mod:`charrnn.lock`)."""
     from .fsutil import remove_stale_temps
 
-    Path(opts.run_dir).mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(opts.run_dir)
-    trainer = Trainer(mcfg, tcfg, opts)
+    comm = opts.comm
+    if comm is None or comm.rank == 0:
+        Path(opts.run_dir).mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(opts.run_dir)
+    # MPI: every rank builds its trainer; if that fails on any rank, all stop together.
+    with (comm.together() if comm is not None else contextlib.nullcontext()):
+        trainer = Trainer(mcfg, tcfg, opts)
     return trainer.run()
 
 

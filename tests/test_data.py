@@ -102,6 +102,11 @@ def test_fixed_vocab_with_unk_and_without(tmp_path):
     assert str(ei.value) == ("the input has characters not in the given vocabulary: "
                              "'d', 'e'")
     assert not (tmp_path / "d2").exists()
+    s = prepare([str(tmp_path / "in.txt")], tmp_path / "d3", vocab=Vocab(list("dcba ")),
+                grow_vocab=True, show_progress=False)
+    ds = Dataset(tmp_path / "d3")
+    assert ds.vocab.chars == list("dcba ") + ["e"] and s["added"] == ["e"]
+    assert ds.vocab.decode(_all_tokens(ds)) == "abc abd abe " * 10
 
 
 # ----------------------------------------------------------------- splits
@@ -251,6 +256,8 @@ def test_output_inside_an_input_folder_is_not_read(tmp_path):
     for _ in range(2):
         prepare([str(root)], out, DataConfig(val_frac=0.0), show_progress=False)
     assert "data/" not in "".join(s["path"] for s in Dataset(out).meta["sources"])
+    assert fingerprint_sources([str(root)]) == Dataset(out).meta["sources"]
+    assert Dataset(out).sources_changed() == []
 
 
 def test_missing_path(tmp_path):

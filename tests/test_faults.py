@@ -155,7 +155,7 @@ def test_readers_always_see_complete_checkpoints_while_training(corpus, tmp_path
     reads = 0
     try:
         while proc.poll() is None:
-            if (run / "best.safetensors").exists():
+            if (run / "best.safetensors").exists() and (run / "latest.safetensors").exists():
                 for name in ("latest.safetensors", "best.safetensors"):
                     Model.load(run / name)
                     reads += 1

@@ -1,6 +1,8 @@
 """``charrnn train DATA -o RUN_DIR``: train, or resume, a model (see charrnn.train)."""
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from ..cli import json_option, threads_option, use_threads
@@ -76,7 +78,7 @@ def _model_options(f):
         if typ is not None:
             kw["type"] = typ
         if name == "max_time":
-            kw["show_default"] = "0 (none)"
+            kw["show_default"] = "none"
         f = click.option(*flags, name, **kw)(f)
     return f
 
@@ -97,9 +99,12 @@ def _model_options(f):
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also append log lines here.")
+@click.option("--distributed", is_flag=True,
+              help="Require MPI data-parallel training (mpirun -n N charrnn train ...; needs "
+                   "mpi4py). Under mpirun it is on anyway.")
 @click.pass_context
 def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab, threads, as_json,
-            quiet, log_file, **values):
+            quiet, log_file, distributed, **values):
     """Train a model on DATA and write checkpoints to RUN_DIR.
 
     DATA is a directory made by `charrnn prepare`, or a text file or folder (prepared
@@ -112,13 +117,9 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
       charrnn train data/ -o run/ --max-time 30m
       charrnn train notes.txt -o run/ --layers 3 --hidden 512 --dropout 0.2
       charrnn train --corpus tinyshakespeare -o shakespeare/ --max-epochs 20
+      mpirun -n 4 charrnn train data/ -o run/ --batch-size 64 --threads 1
     """
-    import json
-    import sys
-    from pathlib import Path
-
     from .. import console
-    from ..errors import InputError
 
     console.configure(quiet=quiet, log_file=log_file)
     if data is None and corpus is None:
@@ -138,44 +139,70 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
     mcfg.validate()
     tcfg.validate()
 
-    if data is not None and data != "-" and not Path(data).exists():
-        raise InputError(f"{data}: no such file or directory")
-    n_threads = use_threads(threads)
+    from ..distributed import from_environment
+
+    comm = from_environment(force=distributed)
+    if comm is not None and comm.rank != 0:
+        console.configure(quiet=True, log_file=None)       # rank 0 alone logs
+    with (comm.guard() if comm is not None else contextlib.nullcontext()):
+        summary = _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads,
+                       as_json, explicit, mcfg, tcfg, comm)
+    if comm is None or comm.rank == 0:
+        if as_json:
+            _emit(summary)
+        _print_summary(summary)
+
+
+def _emit(rec: dict) -> None:
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
+
+
+def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads, as_json,
+         explicit, mcfg, tcfg, comm) -> dict:
+    """Lock, resolve the data and train.  Under MPI (``comm``) the set-up steps run on
+    every rank inside :meth:`Comm.together`, so a failure on one rank (the lock is held,
+    the data is bad) stops every rank with one Error line instead of a hang; rank 0
+    alone takes the lock and prepares the data."""
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    together = comm.together if comm is not None else contextlib.nullcontext
+    rank0 = comm is None or comm.rank == 0
+    run = Path(run_dir)
+    with together():
+        if data is not None and data != "-" and not Path(data).exists():
+            raise InputError(f"{data}: no such file or directory")
+        n_threads = use_threads(threads)
+        if run.exists() and not run.is_dir():
+            raise InputError(f"{run}: exists and is not a directory")
     from ..lock import RunLock
     from ..runs import resolve_training_data
     from ..train import RunOptions, train
 
-    run = Path(run_dir)
-    if run.exists() and not run.is_dir():
-        raise InputError(f"{run}: exists and is not a directory")
-
-    def emit(rec):
-        sys.stdout.write(json.dumps(rec) + "\n")
-        sys.stdout.flush()
-
-    from ..distributed import from_environment
-
-    comm = from_environment(tcfg.batch_size)
-    lock = RunLock(run) if (comm is None or comm.rank == 0) else None
-    if lock is not None:
-        lock.acquire()
+    lock = RunLock(run) if rank0 else None
+    data_dir = None
     try:
+        with together():
+            if lock is not None:
+                lock.acquire()
+            if rank0:       # the other ranks wait in together()'s exchange meanwhile
+                data_dir = resolve_training_data(data, corpus, run, restart=restart,
+                                                 grow_vocab=grow_vocab)
         if comm is not None:
-            comm.barrier()
-        data_dir = resolve_training_data(data, corpus, run, restart=restart,
-                                         grow_vocab=grow_vocab, comm=comm)
+            data_dir = comm.bcast(data_dir)
         opts = RunOptions(run_dir=run, data_dir=data_dir, restart=restart, init_from=init_from,
                           explicit=explicit, json_lines=as_json, threads=n_threads,
-                          emit=emit if as_json else None, comm=comm, grow_vocab=grow_vocab,
+                          emit=_emit if as_json else None, comm=comm, grow_vocab=grow_vocab,
                           publish=Path(publish) if publish else None)
-        summary = train(mcfg, tcfg, opts)
+        return train(mcfg, tcfg, opts)
     finally:
         if lock is not None:
             lock.release()
-    if comm is None or comm.rank == 0:
-        if as_json:
-            emit(summary)
-        _print_summary(summary)
 
 
 def _print_summary(s: dict) -> None:

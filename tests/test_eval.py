@@ -1,0 +1,248 @@
+"""charrnn eval: loss/bpc/perplexity through the batched forward, state carried across
+windows and reads, unknown characters, --lines (batched, long lines, --carry, streaming),
+--data splits, and the exact error texts."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from charrnn import evaluate as E
+from charrnn.cli import main
+from charrnn.config import ModelConfig
+from charrnn.model import Model
+from charrnn.vocab import Vocab
+
+TEXT = "hello world, the quick brown fox.\nAnd more lines here!\n\nthe end\n"
+
+
+def _model(dtype="float64", vocab=None, cell="lstm", **kw):
+    v = vocab or Vocab.from_text(TEXT)
+    m = Model.from_config(ModelConfig(cell=cell, vocab_size=len(v), hidden_size=8,
+                                      num_layers=2, dtype=dtype, **kw), 3)
+    m.vocab = v
+    return m
+
+
+@pytest.fixture
+def invoke(capsys, monkeypatch):
+    def run(argv, input=None):
+        if input is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input.encode())))
+        with pytest.raises(SystemExit) as ei:
+            main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return ei.value.code, out, err
+    return run
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    p = tmp_path / "m.safetensors"
+    _model().save(p)
+    return p
+
+
+def _reference_loss(m, text):
+    """loss_and_grad's loss on the text read after a newline."""
+    ids = m.vocab.encode("\n" + text, what="text").astype(np.int64)
+    loss, _ = m.loss_and_grad(ids[None, :-1], ids[None, 1:])
+    return loss, len(ids) - 1
+
+
+# ---------------------------------------------------------------------- library
+
+def test_eval_loss_equals_loss_and_grad(ckpt, tmp_path, invoke):
+    m = _model()
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT, encoding="utf-8")
+    ref, n = _reference_loss(m, TEXT)
+    code, out, err = invoke(["eval", ckpt, f, "--json"])
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["chars"] == n == len(TEXT) and rec["unknown"] == 0
+    assert rec["loss"] == pytest.approx(ref, abs=1e-6)
+    assert rec["bpc"] == pytest.approx(ref / math.log(2), abs=1e-6)
+    assert rec["perplexity"] == pytest.approx(math.exp(ref), rel=1e-5)
+    code, out, err = invoke(["eval", ckpt, f])
+    assert out == (f"loss {ref:.4f} nats/char  bpc {ref / math.log(2):.4f}  "
+                   f"perplexity {math.exp(ref):.2f}  chars {n}\n")
+
+
+def test_windows_and_reads_carry_the_state(tmp_path):
+    m = _model(cell="gru")
+    text = TEXT * 20
+    one = E.evaluate_text(m, text, window=10_000)
+    for window in (1, 7, 64):
+        s = E.evaluate_text(m, text, window=window)
+        assert s.chars == one.chars == len(text)
+        assert s.nll == pytest.approx(one.nll, rel=1e-12)
+    f = tmp_path / "t.txt"
+    f.write_text(text, encoding="utf-8")
+    pieces = E.StreamScorer(m, m.vocab.stoi["\n"], window=5)
+    enc = E.Encoder(m.vocab)
+    for chunk in E.iter_text([str(f)], read_bytes=13):
+        pieces.feed(enc.encode(chunk, pieces.score))
+    assert pieces.score.nll == pytest.approx(one.nll, rel=1e-12)
+    assert E.evaluate_files(m, [str(f), str(f)]).chars == 2 * len(text)
+
+
+def test_unknown_characters(tmp_path, invoke):
+    m = _model()
+    p = tmp_path / "m.safetensors"
+    m.save(p)
+    code, out, err = invoke(["eval", p, "-"], input="h\u00fcll\u20aco\n")
+    assert code == 0
+    ref, _ = _reference_loss(m, "hllo\n")
+    assert out == (f"loss {ref:.4f} nats/char  bpc {ref / math.log(2):.4f}  "
+                   f"perplexity {math.exp(ref):.2f}  chars 5  unknown 2\n")
+    assert ("Warning: 2 character(s) not in the model's vocabulary ('\u00fc', '\u20ac') "
+            "were left out of the score") in err
+    v = Vocab.from_text(TEXT, min_count=2)
+    mu = _model(vocab=v)
+    pu = tmp_path / "u.safetensors"
+    mu.save(pu)
+    code, out, err = invoke(["eval", pu, "-", "--json"], input="hello \u00fc")
+    rec = json.loads(out)
+    ids = mu.vocab.encode("\nhello \u00fc", what="t").astype(np.int64)
+    assert ids[-1] == v.unk_id
+    loss, _ = mu.loss_and_grad(ids[None, :-1], ids[None, 1:])
+    assert rec["chars"] == 7 and rec["unknown"] == v.count_unknown("hello \u00fc") >= 1
+    assert rec["loss"] == pytest.approx(loss, abs=1e-6)
+    assert "were scored as the unknown symbol" in err
+
+
+# ---------------------------------------------------------------------- --lines
+
+LINES = ["hello world", "", "the quick brown fox. " * 3, "And more", "x" * 3 + " end"]
+
+
+def _lines_output(m, lines, carry=False, **kw):
+    out = io.StringIO()
+    E.evaluate_lines(m, [kw.pop("path")], out, carry=carry, **kw)
+    return [row.split("\t") for row in out.getvalue().split("\n")[:-1]]
+
+
+def test_lines_equal_scoring_each_line_alone(tmp_path, monkeypatch):
+    m = _model()
+    f = tmp_path / "l.txt"
+    f.write_text("\n".join(LINES), encoding="utf-8")       # last line without a newline
+    for long_line, read in ((8192, 1 << 16), (10, 7)):     # batched / pieces + tiny reads
+        monkeypatch.setattr(E, "LONG_LINE", long_line)
+        monkeypatch.setattr(E, "SPOOL_CHARS", 16)
+        rows = _lines_output(m, LINES, path=str(f), read_bytes=read)
+        assert [r[2] for r in rows] == LINES
+        for (bpc, chars, line) in rows:
+            alone = E.evaluate_text(m, line)
+            assert int(chars) == alone.chars == len(line)
+            if line:
+                assert float(bpc) == pytest.approx(alone.bpc, abs=1e-4)
+            else:
+                assert bpc == "nan"
+
+
+def test_lines_carry_equals_the_whole_text(tmp_path):
+    m = _model()
+    f = tmp_path / "l.txt"
+    f.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    rows = _lines_output(m, LINES, carry=True, path=str(f), read_bytes=5)
+    whole = "\n".join(LINES) + "\n"
+    ids = m.vocab.encode("\n" + whole, what="t").astype(np.int64)
+    lp, _ = m.log_probs(ids[None, :-1], ids[None, 1:])
+    lp = lp[0]
+    pos = 0
+    for (bpc, chars, line), want in zip(rows, LINES):
+        assert line == want and int(chars) == len(want)
+        if want:
+            ref = -lp[pos:pos + len(want)].mean() / math.log(2)
+            assert float(bpc) == pytest.approx(ref, abs=1e-4)
+        pos += len(want) + 1
+
+
+def test_lines_cli_json_and_usage(ckpt, tmp_path, invoke):
+    code, out, err = invoke(["eval", ckpt, "--lines", "--json"], input="hello\nfox\n")
+    assert code == 0
+    recs = [json.loads(x) for x in out.splitlines()]
+    assert [(r["line"], r["chars"]) for r in recs] == [("hello", 5), ("fox", 3)]
+    code, out, err = invoke(["eval", ckpt, "--carry"])
+    assert code == 2 and "--carry needs --lines" in err
+
+
+def test_lines_stream_in_a_real_pipe(ckpt):
+    """Each line's score comes back before the next line is written."""
+    env = dict(os.environ)
+    env.setdefault("CHARRNN_THREADS", "2")
+    p = subprocess.Popen([sys.executable, "-m", "charrnn", "eval", str(ckpt), "--lines"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in ("hello world", "the fox", "And more"):
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            got = p.stdout.readline()
+            assert got.endswith(f"\t{len(line)}\t{line}\n")
+        p.stdin.close()
+        assert p.stdout.read() == ""
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stdout.close()
+        p.stderr.close()
+
+
+# ---------------------------------------------------------------------- --data, defaults, errors
+
+def test_eval_data_split(tmp_path, invoke):
+    data = pytest.importorskip("charrnn.data")
+    src = tmp_path / "c.txt"
+    src.write_text(TEXT * 40, encoding="utf-8")
+    from charrnn.config import DataConfig
+
+    data.prepare([str(src)], tmp_path / "d", DataConfig(val_frac=0.2), show_progress=False)
+    ds = data.Dataset(tmp_path / "d")
+    m = _model(vocab=ds.vocab)
+    p = tmp_path / "m.safetensors"
+    m.save(p)
+    code, out, err = invoke(["eval", p, "--data", tmp_path / "d", "--json"])
+    assert code == 0, err
+    rec = json.loads(out)
+    tok = np.asarray(ds.split("val"), np.int64)
+    nll, rows, state = 0.0, None, None             # training's layout: B=50 streams, T=256
+    for x, y in data.iter_eval_batches(tok, 50, 256):
+        if x.shape[0] != rows:
+            rows, state = x.shape[0], None
+        lp, state = m.log_probs(x, y, state)
+        nll -= lp.sum()
+    assert rec["chars"] == len(tok) - 1 and rec["split"] == "val"
+    assert rec["loss"] == pytest.approx(nll / (len(tok) - 1), abs=1e-6)
+    # a training checkpoint that names its data: that split is the default input, laid
+    # out with its batch size (1 here: one pass over the split)
+    m.save(p, train_state={"data_dir": str(tmp_path / "d"),
+                           "train_config": {"batch_size": 1, "seq_len": 17}})
+    code, out2, err = invoke(["eval", p, "--json"])
+    lp, _ = m.log_probs(tok[None, :-1], tok[None, 1:])
+    assert code == 0 and json.loads(out2)["loss"] == pytest.approx(-lp.mean(), abs=1e-6)
+
+
+def test_eval_errors(ckpt, tmp_path, invoke):
+    code, out, err = invoke(["eval", ckpt])
+    assert code == 1 and out == ""
+    assert err == ("Error: no INPUT given and the checkpoint names no prepared data that "
+                   "exists; give text files (- for stdin) or --data DATA_DIR\n")
+    code, out, err = invoke(["eval", ckpt, tmp_path / "missing.txt"])
+    assert code == 1 and err == f"Error: {tmp_path / 'missing.txt'}: no such file\n"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world")
+    code, out, err = invoke(["eval", ckpt, bad])
+    assert code == 1 and err == f"Error: {bad}: not valid UTF-8 (byte offset 6)\n"
+    code, out, err = invoke(["eval", tmp_path / "nope", "-"], input="x")
+    assert code == 1 and err.startswith("Error: ") and "no such file or directory" in err
+    code, out, err = invoke(["eval", ckpt, bad, "--data", tmp_path])
+    assert code == 2 and "give INPUT files or --data, not both" in err
