@@ -16,7 +16,10 @@ Run it without the OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE overrides of this sandbo
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/mpi_scaling.py
 
-Options: --ranks 2 (the N to try besides 1; "2,4" for several), --steps 8, --hidden,
+It also times one process with N threads, the alternative use of the same cores.
+
+Options: --ranks 2 (the N to try besides 1; "2,4" for several), --steps 8, --repeat 3
+(runs per configuration; the fastest is kept, as other load only slows a run), --hidden,
 --layers, --batch, --seq, --vocab, --out FILE (also write the markdown table).
 Needs Open MPI's mpirun and mpi4py (``make install-mpi``); as root it sets
 OMPI_ALLOW_RUN_AS_ROOT for you.  ``--worker`` is the per-rank part (internal).
@@ -128,12 +131,18 @@ def _env() -> dict:
     return env
 
 
-def _run(cmd) -> dict:
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env())
-    if res.returncode != 0:
-        sys.exit(f"benchmark run failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1])
+def _run(cmd, repeat: int) -> dict:
+    """The fastest of ``repeat`` runs (other load on the machine only slows a run down)."""
+    best = None
+    for _ in range(repeat):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+        if res.returncode != 0:
+            sys.exit(f"benchmark run failed ({' '.join(cmd)}):\n{res.stderr[-3000:]}")
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+        rec = json.loads(lines[-1])
+        if best is None or rec["sec_per_step"] < best["sec_per_step"]:
+            best = rec
+    return best
 
 
 def driver(a) -> None:
@@ -141,34 +150,44 @@ def driver(a) -> None:
         sys.exit("mpirun not found: make install-mpi (Open MPI + mpi4py)")
     common = ["--hidden", str(a.hidden), "--layers", str(a.layers), "--batch", str(a.batch),
               "--seq", str(a.seq), "--vocab", str(a.vocab), "--steps", str(a.steps),
-              "--warmup", str(a.warmup), "--threads", "1"]
-    me = [sys.executable, str(Path(__file__).resolve()), "--worker", *common]
+              "--warmup", str(a.warmup)]
+    me = [sys.executable, str(Path(__file__).resolve()), "--worker", *common, "--threads", "1"]
     ranks = [int(n) for n in str(a.ranks).split(",") if n]
-    rows = [_run(me)]
+    rows = [_run(me, a.repeat)]
     print(f"1 process: {rows[0]['chars_per_sec']:,.0f} chars/s", file=sys.stderr, flush=True)
+    if not a.no_threads_row:
+        # the alternative to N ranks x 1 thread: one process with N threads
+        n = max(ranks)
+        rows.append(_run([*me[:-1], str(n)], a.repeat))
+        print(f"1 process x {n} threads: {rows[-1]['chars_per_sec']:,.0f} chars/s",
+              file=sys.stderr, flush=True)
     for n in ranks:
         # one core per rank (Open MPI binds ranks to cores by default when n <= cores)
-        rows.append(_run(["mpirun", "--oversubscribe", "-n", str(n), "--bind-to", "core", *me]))
+        rows.append(_run(["mpirun", "--oversubscribe", "-n", str(n), "--bind-to", "core", *me],
+                         a.repeat))
         print(f"{n} ranks: {rows[-1]['chars_per_sec']:,.0f} chars/s", file=sys.stderr,
               flush=True)
     base = rows[0]["chars_per_sec"]
     head = (f"LSTM {a.layers}x{a.hidden}, V={a.vocab}, B={a.batch}, T={a.seq}, float32, "
-            f"Adam, 1 thread per rank, {rows[0]['params']:,} parameters "
+            f"Adam, {rows[0]['params']:,} parameters "
             f"({rows[0]['grad_bytes'] / 2**20:.1f} MiB gradient); {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores; mean of {a.steps} steps after {a.warmup} warm-up")
+            f"{os.cpu_count()} cores; mean of {a.steps} steps after {a.warmup} warm-up, "
+            f"fastest of {a.repeat} runs")
     lines = [head, "",
-             "| ranks | streams/rank | s/step | chars/s | speed-up | efficiency | "
+             "| ranks | threads/rank | streams/rank | s/step | chars/s | speed-up | efficiency | "
              "compute s | Allreduce s (share) | pure Allreduce s (share) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         sp = r["chars_per_sec"] / base
         label = "1 (no MPI)" if not r["mpi"] else str(r["ranks"])
+        cores = r["ranks"] * r["threads_per_rank"]
         ar = (f"{r['allreduce_sec']:.4f} ({100 * r['allreduce_share']:.1f}%)" if r["mpi"]
               else "-")
         pure = (f"{r['pure_allreduce_sec']:.4f} ({100 * r['pure_allreduce_share']:.2f}%)"
                 if r["mpi"] else "-")
-        lines.append(f"| {label} | {r['streams_per_rank']} | {r['sec_per_step']:.3f} | "
-                     f"{r['chars_per_sec']:,.0f} | {sp:.2f}x | {100 * sp / r['ranks']:.0f}% | "
+        lines.append(f"| {label} | {r['threads_per_rank']} | {r['streams_per_rank']} | "
+                     f"{r['sec_per_step']:.3f} | "
+                     f"{r['chars_per_sec']:,.0f} | {sp:.2f}x | {100 * sp / cores:.0f}% | "
                      f"{r['compute_sec']:.3f} | {ar} | {pure} |")
     table = "\n".join(lines)
     print(table)
@@ -190,6 +209,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=3, help="runs per configuration (fastest kept)")
+    p.add_argument("--no-threads-row", action="store_true",
+                   help="skip the 1 process x N threads comparison")
     p.add_argument("--out")
     p.add_argument("--json", action="store_true", help="also print the raw records")
     a = p.parse_args()

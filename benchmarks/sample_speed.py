@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 CONFIGS = [  # (label, layers, hidden, streams)
     ("LSTM 2x256, 1 stream", 2, 256, 1),
     ("LSTM 3x512, 1 stream", 3, 512, 1),

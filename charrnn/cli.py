@@ -109,6 +109,11 @@ def main(argv=None) -> None:
         sys.stdout.flush()
     except click.exceptions.Exit as e:
         code = e.exit_code
+    except SystemExit as e:   # click's own EPIPE handling exits 1 after pacifying stdout
+        if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+            code = _quiet_broken_pipe()
+        else:
+            code = e.code if isinstance(e.code, int) else ExitStatus.ERROR
     except click.ClickException as e:  # usage errors: exit 2 with click's message
         e.show()
         code = e.exit_code

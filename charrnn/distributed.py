@@ -145,6 +145,11 @@ class Comm:
         # can never match a barrier a healthy rank is waiting in.
         self._errc = mpi_comm.Dup()
         self.host = socket.gethostname()
+        # Ranks sharing this host (MPI-3 shared-memory split) and the distinct hosts.
+        node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_size = node.Get_size()
+        node.Free()
+        self.hosts = sorted(set(mpi_comm.allgather(self.host)))
         # Seconds spent in the gradient Allreduce (including waiting for slower ranks),
         # and how many steps; the benchmark reads them.
         self.reduce_seconds = 0.0
@@ -152,6 +157,21 @@ class Comm:
 
     def __repr__(self) -> str:
         return f"Comm(rank={self.rank}, size={self.size}, host={self.host!r})"
+
+    def default_threads(self) -> int:
+        """Threads per rank when neither --threads nor CHARRNN_THREADS says: this host's
+        cores shared among its ranks, and no more than the cores the launcher bound
+        this rank to (Open MPI binds to one core for up to 2 ranks, to a socket above)."""
+        from .runtime import available_cores
+
+        return max(1, min(available_cores(), (os.cpu_count() or 1) // self.local_size))
+
+    def describe(self, B: int, threads: int) -> str:
+        share = f"{B // self.size} of {B} streams each" if B % self.size == 0 else \
+            f"{B} streams"
+        hosts = len(self.hosts)
+        return (f"MPI: {self.size} ranks on {hosts} host{'s' if hosts > 1 else ''}, "
+                f"{threads} thread{'s' if threads > 1 else ''} per rank (rank 0), {share}")
 
     @property
     def where(self) -> str:

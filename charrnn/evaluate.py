@@ -28,7 +28,6 @@ Conventions:
 from __future__ import annotations
 
 import codecs
-import io
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ WINDOW = 256            # T of one forward call on a single stream
 READ_BYTES = 1 << 20    # bytes read at a time
 LINE_BATCH = 64         # lines scored together in --lines mode
 LONG_LINE = 8192        # lines longer than this are scored alone, in pieces
+PENDING_CHARS = 1 << 17  # complete lines held (then sorted by length, batched, written)
 SPOOL_CHARS = 1 << 22   # a line's text beyond this many characters goes to a temp file
 LN2 = math.log(2.0)
 
@@ -352,6 +352,18 @@ class _LineText:
         self.file.close()
 
 
+class _JSONEscaper:
+    """A text sink that writes what it gets as the inside of a JSON string."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, s: str) -> None:
+        import json
+
+        self.out.write(json.dumps(s, ensure_ascii=False)[1:-1])
+
+
 def _format_line(score: Score) -> str:
     bpc = score.bpc
     return "nan" if math.isnan(bpc) else f"{bpc:.4f}"
@@ -392,6 +404,7 @@ class LineScorer:
         self.newline = model.vocab.stoi.get("\n")
         self.total = Score()
         self.pending: list[tuple[str, np.ndarray, Score]] = []
+        self.pending_chars = 0
         self.partial: list[str] = []          # the current short line's text so far
         self.partial_len = 0
         self.open: _OpenLine | None = None     # the current line when read in pieces
@@ -405,12 +418,13 @@ class LineScorer:
         if self.as_json:
             import json
 
-            if isinstance(text, _LineText):
-                buf = io.StringIO()
-                text.write_to(buf)
-                text = buf.getvalue()
-            self.out.write(json.dumps({**sc.to_json(), "line": text}, ensure_ascii=False)
-                           + "\n")
+            head = json.dumps({**sc.to_json(), "line": ""}, ensure_ascii=False)
+            self.out.write(head[:-2])                  # up to the opening quote of "line"
+            if isinstance(text, _LineText):            # a long line: escaped block by block
+                text.write_to(_JSONEscaper(self.out))
+            else:
+                self.out.write(json.dumps(text, ensure_ascii=False)[1:-1])
+            self.out.write('"}\n')
             return
         self.out.write(f"{_format_line(sc)}\t{sc.chars}\t")
         if isinstance(text, _LineText):
@@ -420,17 +434,30 @@ class LineScorer:
         self.out.write("\n")
 
     def _flush_batch(self) -> None:
+        """Score the pending complete lines and write them, in input order.
+
+        Lines are sorted by length and cut into batches of at most ``batch`` lines, so
+        that padding a batch to its longest line wastes little."""
         if not self.pending:
             return
-        B = len(self.pending)
-        T = max(len(ids) for _, ids, _ in self.pending)
-        nll = np.zeros(B)                                                    # (B,)
+        lens = np.array([len(ids) for _, ids, _ in self.pending])            # (n,)
+        order = np.argsort(lens, kind="stable")
+        for lo in range(0, len(order), self.batch):
+            self._score_group([self.pending[i] for i in order[lo:lo + self.batch]])
+        for text, ids, sc in self.pending:
+            self._emit(sc, text)
+        self.pending = []
+        self.pending_chars = 0
+
+    def _score_group(self, group) -> None:
+        B = len(group)
+        T = max(len(ids) for _, ids, _ in group)
         if T > 0:
-            Tp = -(-T // 64) * 64              # few distinct shapes: the model keeps buffers
+            Tp = -(-T // 32) * 32              # few distinct shapes: the model keeps buffers
             x = np.zeros((B, Tp), np.int64)                                  # (B, Tp)
             y = np.zeros((B, Tp), np.int64)                                  # (B, Tp)
             mask = np.zeros((B, Tp), bool)                                   # (B, Tp)
-            for b, (_, ids, _) in enumerate(self.pending):
+            for b, (_, ids, _) in enumerate(group):
                 n = len(ids)
                 x[b, 0] = self.context
                 x[b, 1:n] = ids[:n - 1]
@@ -438,11 +465,9 @@ class LineScorer:
                 mask[b, :n] = True
             lp, _ = self.model.log_probs(x, y, None)                         # (B, Tp)
             nll = -np.where(mask, lp, 0.0).sum(axis=1)                       # (B,)
-        for b, (text, ids, sc) in enumerate(self.pending):
-            sc.nll = float(nll[b])
+        for b, (_, ids, sc) in enumerate(group):
+            sc.nll = float(nll[b]) if T > 0 else 0.0
             sc.chars = len(ids)
-            self._emit(sc, text)
-        self.pending = []
 
     # -- lines --------------------------------------------------------------------
     def _start_open(self) -> None:
@@ -471,7 +496,8 @@ class LineScorer:
             self.partial, self.partial_len = [], 0
             sc = Score()
             self.pending.append((text, self.enc.encode(text, sc), sc))
-            if len(self.pending) >= self.batch:
+            self.pending_chars += len(text)
+            if self.pending_chars > PENDING_CHARS:
                 self._flush_batch()
             return
         if self.open is None:

@@ -225,10 +225,14 @@ class Sampler:
             raise InputError(f"symbol ids must be in [0, {V - 1}]")
 
 
-def auto_blas(H: int, N: int) -> bool:
-    """Our loops for one stream of a model up to 256 wide (as fast as BLAS and
-    independent of threads), BLAS gemm for several streams or wider models."""
-    return N > 1 or H > 256
+def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
+    """Our loops for one stream of a model up to 256 wide (as fast as BLAS) or on one
+    thread; BLAS for several streams, or for wider models when BLAS has threads to
+    split the rows over (benchmarks/sample_speed.py)."""
+    if threads is None:
+        from . import runtime
+        threads = runtime.threads()
+    return N > 1 or (H > 256 and threads > 1)
 
 
 def default_context(model) -> int:

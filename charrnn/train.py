@@ -510,6 +510,8 @@ class Trainer:
                             extra_tensors=tensors)
 
     def save_best(self) -> None:
+        if self.comm is not None:           # every rank calls it: check before writing
+            self.comm.check_sync(self.iteration, self.model.flat, force=True)
         if self.rank0:
             # weights plus the training state (for `charrnn info`); no optimizer tensors
             self.model.save(self.best_path, train_state=self.train_state())
@@ -733,6 +735,8 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
     # MPI: every rank builds its trainer; if that fails on any rank, all stop together.
     with (comm.together() if comm is not None else contextlib.nullcontext()):
         trainer = Trainer(mcfg, tcfg, opts)
+    if comm is not None:
+        console.log(comm.describe(trainer.tcfg.batch_size, opts.threads))
     return trainer.run()
 
 

@@ -165,11 +165,17 @@ def test_lines_carry_equals_the_whole_text(tmp_path):
         pos += len(want) + 1
 
 
-def test_lines_cli_json_and_usage(ckpt, tmp_path, invoke):
+def test_lines_cli_json_and_usage(ckpt, tmp_path, invoke, monkeypatch):
     code, out, err = invoke(["eval", ckpt, "--lines", "--json"], input="hello\nfox\n")
     assert code == 0
     recs = [json.loads(x) for x in out.splitlines()]
     assert [(r["line"], r["chars"]) for r in recs] == [("hello", 5), ("fox", 3)]
+    monkeypatch.setattr(E, "LONG_LINE", 3)          # long lines: pieces, spooled, escaped
+    monkeypatch.setattr(E, "SPOOL_CHARS", 4)
+    lines = ['the "fox" \\ said', "", 'a"b']
+    code, out, err = invoke(["eval", ckpt, "--lines", "--json"], input="\n".join(lines))
+    recs = [json.loads(x) for x in out.splitlines()]
+    assert [r["line"] for r in recs] == lines
     code, out, err = invoke(["eval", ckpt, "--carry"])
     assert code == 2 and "--carry needs --lines" in err
 
@@ -244,5 +250,8 @@ def test_eval_errors(ckpt, tmp_path, invoke):
     assert code == 1 and err == f"Error: {bad}: not valid UTF-8 (byte offset 6)\n"
     code, out, err = invoke(["eval", tmp_path / "nope", "-"], input="x")
     assert code == 1 and err.startswith("Error: ") and "no such file or directory" in err
+    code, out, err = invoke(["eval", ckpt, "-"], input="")
+    assert code == 1 and err == ("Error: nothing to score: the input is empty (or has only "
+                                 "characters outside the vocabulary)\n")
     code, out, err = invoke(["eval", ckpt, bad, "--data", tmp_path])
     assert code == 2 and "give INPUT files or --data, not both" in err

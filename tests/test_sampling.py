@@ -16,7 +16,7 @@ import pytest
 from charrnn.cli import main
 from charrnn.config import ModelConfig
 from charrnn.model import Model
-from charrnn.sampling import (Sampler, _StopScanner, draw_from_logits, generate_text,
+from charrnn.sampling import (Sampler, _StopScanner, draw_from_logits,
                               sample_text, seed_streams)
 from charrnn.vocab import Vocab
 
@@ -324,6 +324,7 @@ def test_streaming_in_a_real_pipeline(ckpt):
         p.wait(timeout=60)
         p.stderr.close()
     assert b"Error" not in err and b"Traceback" not in err
+    assert p.returncode == 141          # like `yes | head`: 128 + SIGPIPE
     head = subprocess.run(f'"{sys.executable}" -m charrnn sample "{ckpt}" -n 1000000 '
                           f'| head -c 10', shell=True, capture_output=True, env=_env(),
                           timeout=120)
@@ -350,3 +351,13 @@ def test_same_text_with_one_or_two_threads(ckpt, invoke):
         assert code == 0, err
         outs.append(out)
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_run_directory_best_or_latest(tmp_path, invoke):
+    run = tmp_path / "run"
+    _model(dtype="float32", seed=1).save(run / "best.safetensors", train_state={"iteration": 1})
+    _model(dtype="float32", seed=2).save(run / "latest.safetensors", train_state={"iteration": 2})
+    best = invoke(["sample", run, "-n", "40", "--seed", "3"])
+    latest = invoke(["sample", run, "-n", "40", "--seed", "3", "--latest"])
+    direct = invoke(["sample", run / "latest.safetensors", "-n", "40", "--seed", "3"])
+    assert best[0] == latest[0] == 0 and latest[1] == direct[1] != best[1]

@@ -85,6 +85,9 @@ def command(ckpt, latest, inputs, data_dir, split, lines, carry, as_json, thread
         score = E.evaluate_split(model, data_dir, split, batch_size=max(1, B),
                                  seq_len=max(1, T))
         what = {"data": str(data_dir), "split": split}
+    if score.chars == 0:
+        raise InputError("nothing to score: the input is empty (or has only characters "
+                         "outside the vocabulary)")
     if as_json:
         import json
 

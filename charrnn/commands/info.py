@@ -17,11 +17,22 @@ def _fmt(x, spec: str = ".4f") -> str:
 
 
 def _render(info: dict, out) -> None:
+    import io
+    import shutil
+
+    buf = io.StringIO()
+    tty = out.isatty()
+    width = shutil.get_terminal_size((100, 24)).columns if tty else 100
+    _render_to(info, buf, width, tty)
+    out.write("\n".join(line.rstrip() for line in buf.getvalue().split("\n")))
+
+
+def _render_to(info: dict, out, width: int, color: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(file=out, highlight=False, soft_wrap=True,
-                  width=None if out.isatty() else 100)
+    con = Console(file=out, highlight=False, width=width,
+                  force_terminal=color, color_system="auto" if color else None)
     c = info["config"]
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")

@@ -167,6 +167,7 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
     every rank inside :meth:`Comm.together`, so a failure on one rank (the lock is held,
     the data is bad) stops every rank with one Error line instead of a hang; rank 0
     alone takes the lock and prepares the data."""
+    import os
     from pathlib import Path
 
     from ..errors import InputError
@@ -177,6 +178,8 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
     with together():
         if data is not None and data != "-" and not Path(data).exists():
             raise InputError(f"{data}: no such file or directory")
+        if comm is not None and threads is None and not os.environ.get("CHARRNN_THREADS"):
+            threads = comm.default_threads()        # the host's cores shared by its ranks
         n_threads = use_threads(threads)
         if run.exists() and not run.is_dir():
             raise InputError(f"{run}: exists and is not a directory")
