@@ -5,6 +5,15 @@ first used (``charrnn.Model`` is resolved lazily), so ``charrnn --help`` starts 
 """
 from __future__ import annotations
 
+import os as _os
+
+# OpenBLAS's worker threads busy-wait for about 2**28 cycles after every call before they
+# sleep.  Training alternates many small BLAS calls with numba kernels on the same cores,
+# and those spinning threads steal the cores the kernels need: 2**4 cycles measured 18%
+# faster end to end (LSTM 2x256, 2 cores).  Only effective if numpy is not loaded yet, and
+# a value the user set wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 __version__ = "0.1.0"
 
 __all__ = ["Model", "ModelConfig", "DataConfig", "TrainConfig", "SampleConfig",
