@@ -8,7 +8,8 @@ structural check, no tensor decoding) and returns a JSON-able dict::
      "extra_tensors": [names not of the model, e.g. optimizer moments],
      "vocab": {"size", "unk", "preview"} | null,
      "training": {"iteration", "epoch", "best_val_loss", "best_val_bpc",
-                  "elapsed", "elapsed_text", "data_dir", "train_config"} | null,
+                  "elapsed", "elapsed_text", "data_dir", "data_chars",
+                  "corpus_sha256", "data_sources", "train_config"} | null,
      "checksums": "verified" | "not verified",
      "run_dir": str | null, "metrics": {"count", "recent": [...], "val_loss": [...],
                                         "train_loss": [...]} | null}
@@ -77,6 +78,22 @@ def _json_meta(path, meta: dict, key: str):
     except ValueError:
         raise CheckpointError(f"{path}: checkpoint is corrupt: its {key!r} metadata is "
                               "not JSON") from None
+
+
+def corpus_digest(sources) -> str | None:
+    """One sha256 for the training text: the source's own sha256 when there is one
+    source, else the sha256 of the sources' "path sha256" lines in order."""
+    if not isinstance(sources, list) or not sources:
+        return None
+    try:
+        if len(sources) == 1:
+            return str(sources[0]["sha256"])
+        import hashlib
+
+        lines = "".join(f"{s['path']} {s['sha256']}\n" for s in sources)
+        return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+    except (KeyError, TypeError):
+        return None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -160,6 +177,9 @@ def checkpoint_info(path, latest: bool = False, verify: bool = True) -> dict:
             "elapsed_text": format_duration(elapsed),
             "chars_seen": ts.get("chars_seen"),
             "data_dir": ts.get("data_dir"),
+            "data_chars": ts.get("data_chars"),
+            "corpus_sha256": corpus_digest(ts.get("data_sources")),
+            "data_sources": ts.get("data_sources"),
             "train_config": ts.get("train_config") if isinstance(ts.get("train_config"),
                                                                  dict) else None,
         }

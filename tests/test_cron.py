@@ -142,3 +142,18 @@ def test_max_time_is_success_for_cron(tmp_path):
     assert "reached --max-time" in log
     r = run_cli("train", corpus, "-o", tmp_path / "run", *ARGS, "--max-time", "1s", "--quiet")
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_info_on_a_published_model_tells_a_monitor_what_it_needs(tmp_path):
+    import hashlib
+    import json
+    corpus, run, pub = tmp_path / "c.txt", tmp_path / "run", tmp_path / "pub.safetensors"
+    corpus.write_text(make_text(8_000, seed=9), encoding="utf-8")
+    r = run_cli("train", corpus, "-o", run, *ARGS, "--max-iters", "10", "--publish", pub)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("info", pub, "--json")
+    assert r.returncode == 0, r.stderr
+    tr = json.loads(r.stdout)["training"]
+    assert tr["iteration"] == 10 and tr["best_val_bpc"] > 0 and tr["elapsed"] > 0
+    assert tr["corpus_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert tr["data_chars"] == 8_000

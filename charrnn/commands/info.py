@@ -83,6 +83,10 @@ def _render_to(info: dict, out, width: int, color: bool) -> None:
             t.add_row("train config", ", ".join(f"{k} {tc[k]}" for k in keys if k in tc))
         if tr.get("data_dir"):
             t.add_row("data", str(tr["data_dir"]))
+        if tr.get("corpus_sha256"):
+            chars = tr.get("data_chars")
+            t.add_row("corpus", (f"{chars:,} chars, " if isinstance(chars, int) else "")
+                      + f"sha256 {tr['corpus_sha256'][:16]}...")
     if info.get("extra_tensors"):
         t.add_row("extra tensors", f"{len(info['extra_tensors'])} (optimizer state etc.)")
     t.add_row("checksums", info["checksums"])
