@@ -583,9 +583,22 @@ class Trainer:
                 os.fsync(f.fileno())
         return rec
 
+    def _warm_up(self) -> None:
+        """Compile (or load from the cache) every kernel a step uses before the clock
+        starts, so a first run's compilation does not eat a --max-time budget.  Touches
+        no parameter, moment or random state (the first real step zeroes the gradient)."""
+        from .optim import Optimizer
+
+        dt = self.model.dtype
+        x = np.zeros((1, 1), np.int64)                              # (1, 1)
+        self.model.forward_backward(x, x, None, train=False)
+        scratch = Optimizer(self.tcfg, 16, dt)
+        scratch.step(np.zeros(16, dt), np.zeros(16, dt), 0.0)
+
     def run(self) -> dict:
         t = self.tcfg
         model = self.model
+        self._warm_up()
         B_local = self.hi - self.lo
         chars_per_step = t.batch_size * t.seq_len
         run_start = time.monotonic()
