@@ -46,9 +46,9 @@ install-mpi:
 	fi
 
 demo: install
-	charrnn prepare --corpus python-stdlib -o $(DEMO_DIR)/data --force
+	charrnn prepare --corpus python-stdlib -o $(DEMO_DIR)/data --force --val-frac 0.01
 	charrnn train $(DEMO_DIR)/data -o $(DEMO_DIR)/run --restart --max-time 1m \
-	    --layers 2 --hidden 128 --seq-len 64 --batch-size 32 --eval-every 100
+	    --layers 2 --hidden 128 --seq-len 64 --batch-size 32 --lr 3e-3 --eval-every 250
 	charrnn sample $(DEMO_DIR)/run -n 600 --temperature 0.8 --seed 1
 
 test: install-dev install-mpi
