@@ -50,7 +50,7 @@ def trained(corpus, tmp_path) -> Path:
 def test_random_sigkills_lose_nothing_and_resume_bit_exact(corpus, tmp_path):
     """Kill at random moments, half of them with a slow (wide-window) checkpoint writer;
     after every kill `latest` loads; the finished run equals an uninterrupted one."""
-    args = [*ARGS, "--max-iters", "2000", "--save-every", "25", "--eval-every", "100"]
+    args = [*ARGS, "--max-iters", "6000", "--save-every", "25", "--eval-every", "200"]
     ref = run_cli("train", corpus, "-o", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
@@ -59,7 +59,7 @@ def test_random_sigkills_lose_nothing_and_resume_bit_exact(corpus, tmp_path):
     for k in range(8):
         env = {"CHARRNN_TEST_SLOW_WRITE": "0.2"} if k % 2 else None
         proc = _popen("train", corpus, "-o", run, *args, env=env)
-        time.sleep(rng.uniform(0.8, 2.0))
+        time.sleep(rng.uniform(0.8, 1.6))
         if proc.poll() is not None:
             break
         proc.kill()
