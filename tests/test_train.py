@@ -276,3 +276,19 @@ def test_sigterm_saves_and_exits_143(text_file, tmp_path):
                         f"{run / 'latest.safetensors'} (run the same command again to "
                         "resume)\n")
     assert out == ""
+
+
+def test_thread_count_change_on_one_numba_cache(text_file, tmp_path):
+    """Kernels cached by a 1-thread process load and run in a 2-thread one (and back):
+    train with --threads 1, resume with --threads 2, then sample and eval with each."""
+    run = tmp_path / "run"
+    r = run_cli("train", text_file, "-o", run, *SMALL, "--max-iters", "5", "--threads", "1",
+                "--dropout", "0.1", "--layers", "2")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", text_file, "-o", run, "--max-iters", "10", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    for n in ("2", "1"):
+        s = run_cli("sample", run, "-n", "50", "--seed", "3", "--threads", n)
+        assert s.returncode == 0 and len(s.stdout) >= 50, s.stderr
+        e = run_cli("eval", run, "--threads", n)
+        assert e.returncode == 0 and e.stdout.startswith("loss "), e.stderr
