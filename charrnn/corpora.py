@@ -51,8 +51,19 @@ _registry_cache: dict | None = None
 
 
 def corpora_dir() -> Path:
-    """The folder holding registry.json and the project's own texts."""
-    return Path(__file__).resolve().parent.parent / "corpora"
+    """The folder holding registry.json and the project's own texts: ``corpora/`` next to
+    the package in a checkout or an editable install, else ``share/charrnn/corpora``
+    under the installation prefix (where a wheel puts it)."""
+    here = Path(__file__).resolve().parent.parent / "corpora"
+    if (here / "registry.json").is_file():
+        return here
+    import sys
+    import sysconfig
+    for base in (sysconfig.get_path("data"), sys.prefix):
+        cand = Path(base) / "share" / "charrnn" / "corpora"
+        if (cand / "registry.json").is_file():
+            return cand
+    return here
 
 
 def cache_dir() -> Path:
