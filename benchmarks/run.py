@@ -91,7 +91,6 @@ def main() -> None:
     torch_ok = have_torch()
     th = a.threads
     rep = dict(repeats=2 if a.quick else 3, inner=2 if a.quick else 5, threads=th)
-    rows = []
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

@@ -444,7 +444,7 @@ class LineScorer:
         order = np.argsort(lens, kind="stable")
         for lo in range(0, len(order), self.batch):
             self._score_group([self.pending[i] for i in order[lo:lo + self.batch]])
-        for text, ids, sc in self.pending:
+        for text, _ids, sc in self.pending:
             self._emit(sc, text)
         self.pending = []
         self.pending_chars = 0

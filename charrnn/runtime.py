@@ -97,7 +97,7 @@ def resolve_threads(n: int | None) -> int:
             try:
                 n = int(env)
             except ValueError:
-                raise ConfigError(f"CHARRNN_THREADS must be a positive integer (got {env!r})")
+                raise ConfigError(f"CHARRNN_THREADS must be a positive integer (got {env!r})") from None
         else:
             n = available_cores()
     if n < 1:

@@ -96,7 +96,7 @@ def pack_weights(model) -> PackedWeights:
     cfg = model.config
     p = model.params
     dt = model.dtype
-    L, H, G, V = cfg.num_layers, cfg.hidden_size, cfg.gates, cfg.vocab_size
+    L, H, G = cfg.num_layers, cfg.hidden_size, cfg.gates
     w0 = p["rnn.weight_ih_l0"].astype(np.float64)          # (G*H, I)
     if cfg.embed_size > 0:
         t0 = p["embedding.weight"].astype(np.float64) @ w0.T  # (V, G*H)

@@ -181,6 +181,9 @@ def test_second_train_on_same_run_dir_exits_75(corpus, tmp_path):
         assert r.stderr.startswith(f"Error: {run} is in use by another charrnn train (pid "
                                    f"{first.pid}")
         assert r.stderr.count("\n") == 1
+        while not (run / "latest.safetensors").exists():   # training, not setting up
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
     finally:
         first.terminate()
         first.communicate(timeout=120)

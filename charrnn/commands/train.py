@@ -122,6 +122,7 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
     from .. import console
 
     console.configure(quiet=quiet, log_file=log_file)
+    _stop_cleanly_before_training()
     if data is None and corpus is None:
         raise click.UsageError("give DATA (a prepared directory, a text file or a folder) "
                                "or --corpus NAME")
@@ -206,6 +207,23 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
     finally:
         if lock is not None:
             lock.release()
+
+
+def _stop_cleanly_before_training() -> None:
+    """SIGTERM while the run is still setting up (imports, data, checkpoint) ends it with
+    one line and exit 143, like SIGTERM during training; the training loop installs its
+    own handler, which saves first."""
+    import signal
+
+    from ..errors import Interrupted
+
+    def handler(signum, frame):
+        raise Interrupted("terminated by SIGTERM before training started; nothing was "
+                          "saved (run the same command again to start)", 128 + signum)
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:          # not the main thread (embedded use): leave it alone
+        pass
 
 
 def _print_summary(s: dict) -> None:
