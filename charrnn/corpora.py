@@ -155,16 +155,9 @@ def _local_copy(entry: dict) -> Path | None:
 
 
 def _sha256_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 20)
-            if not block:
-                break
-            h.update(block)
-            n += len(block)
-    return n, h.hexdigest()
+    from .fsutil import sha256_file
+
+    return sha256_file(path)
 
 
 def _check_local(entry: dict, path: Path) -> Path:

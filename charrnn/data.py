@@ -51,7 +51,7 @@ import numpy as np
 from . import __version__
 from .config import DataConfig
 from .errors import DataError, InputError, VocabError
-from .fsutil import atomic_write_text, fsync_dir
+from .fsutil import atomic_write_text, fsync_dir, sha256_file
 from .vocab import Vocab, codepoints, token_dtype
 
 DATA_FORMAT = "charrnn-data"
@@ -196,19 +196,10 @@ def resolve_inputs(inputs, glob: str | None = None) -> list[str]:
 
 
 def _file_digest(path: Path, name: str) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
     try:
-        with open(path, "rb") as f:
-            while True:
-                block = f.read(1 << 20)
-                if not block:
-                    break
-                h.update(block)
-                size += len(block)
+        return sha256_file(path)
     except OSError as e:
         raise InputError(f"{name}: {_os_message(e)}") from None
-    return size, h.hexdigest()
 
 
 def fingerprint_sources(inputs, corpus: str | None = None,

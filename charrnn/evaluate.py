@@ -197,16 +197,19 @@ def _open_input(name: str):
         raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
 
 
-def iter_text(names, read_bytes: int = READ_BYTES):
+def iter_text(names, read_bytes: int = READ_BYTES, eager: bool = False):
     """Decoded UTF-8 text of the inputs, piece by piece (strict: a bad byte is an
-    InputError with its offset)."""
+    InputError with its offset).  ``eager`` returns whatever a pipe has ready
+    (``read1``) instead of waiting for ``read_bytes``, so a slow writer's lines are
+    answered as they come."""
     for name in names:
         f, shown, close = _open_input(name)
         try:
             dec = codecs.getincrementaldecoder("utf-8")("strict")
             offset = 0
+            reader = getattr(f, "read1", f.read) if eager else f.read
             while True:
-                raw = f.read(read_bytes)
+                raw = reader(read_bytes)
                 final = not raw
                 try:
                     text = dec.decode(raw, final=final)
@@ -540,29 +543,9 @@ def evaluate_lines(model, names, out, carry: bool = False, warn=None,
     """--lines over the inputs ('-' = stdin), streaming: each read is scored and written
     before the next (a slow pipe gets its lines back as they come)."""
     ls = LineScorer(model, out, carry=carry, as_json=as_json)
-    for name in names:
-        f, shown, close = _open_input(name)
-        try:
-            dec = codecs.getincrementaldecoder("utf-8")("strict")
-            offset = 0
-            reader = getattr(f, "read1", f.read)
-            while True:
-                raw = reader(read_bytes)
-                final = not raw
-                try:
-                    text = dec.decode(raw, final=final)
-                except UnicodeDecodeError as e:
-                    raise InputError(f"{shown}: not valid UTF-8 (byte offset "
-                                     f"{offset + e.start - len(dec.getstate()[0])})") from None
-                offset += len(raw)
-                if text:
-                    ls.feed(text)
-                    ls.end_of_chunk()
-                if final:
-                    break
-        finally:
-            if close:
-                f.close()
+    for text in iter_text(names, read_bytes, eager=True):
+        ls.feed(text)
+        ls.end_of_chunk()
     total = ls.finish()
     _warn_unknown(total, model.vocab, warn)
     return total

@@ -108,6 +108,22 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def sha256_file(path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex digest) of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
 def remove_stale_temps(directory) -> None:
     """Remove temporary files a killed writer left behind (``.NAME.tmp-PID``)."""
     with contextlib.suppress(OSError):
@@ -117,4 +133,4 @@ def remove_stale_temps(directory) -> None:
 
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir",
-           "remove_stale_temps"]
+           "remove_stale_temps", "sha256_file"]
