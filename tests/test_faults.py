@@ -202,3 +202,49 @@ def test_batch_larger_than_data_and_memory_estimate(tmp_path):
     assert r.returncode == 1
     line = r.stderr.splitlines()[-1]
     assert line.startswith("Error: this model and batch need about ") and "GiB" in line
+
+
+def test_eval_lines_streams_an_endless_line_in_bounded_memory(trained, tmp_path):
+    """A line with no newline that never ends (a 1 GB line, as far as the scorer can
+    tell): `eval --lines` keeps consuming it as it arrives, and its peak memory stays
+    bounded, far below what buffering the line would take."""
+    gen = tmp_path / "gen.py"
+    gen.write_text(
+        "import sys\n"
+        "chunk = ('the quick brown fox ' * 3277).encode()\n"      # 64 KiB, no newline
+        "out = sys.stdout.buffer\n"
+        "sent = 0\n"
+        "try:\n"
+        "    while sent < 1 << 30:\n"
+        "        out.write(chunk); out.flush(); sent += len(chunk)\n"
+        "        open(sys.argv[1], 'w').write(str(sent))\n"
+        "except BrokenPipeError:\n"
+        "    pass\n")
+    count = tmp_path / "sent"
+    producer = subprocess.Popen([sys.executable, str(gen), str(count)], stdout=subprocess.PIPE)
+    env = dict(os.environ, CHARRNN_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "eval", str(trained), "--lines"],
+                            stdin=producer.stdout, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    producer.stdout.close()
+    try:
+        first, peak, sent = None, 0, 0
+        t_end = time.time() + 120
+        while time.time() < t_end:
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr.read()
+            with open(f"/proc/{proc.pid}/status") as f:
+                hwm = [ln for ln in f if ln.startswith("VmHWM:")]
+            peak = int(hwm[0].split()[1]) // 1024 if hwm else 0
+            sent = int(count.read_text() or 0) if count.exists() else 0
+            if first is None and sent > 0:
+                first = sent
+            elif first is not None and sent >= first + (1 << 20):
+                break                                 # it keeps reading the one line
+        assert first is not None and sent >= first + (1 << 20), (first, sent)
+        assert peak < 400                             # MB: bounded, not the line's size
+    finally:
+        proc.kill()
+        producer.kill()
+        proc.wait()
+        producer.wait()
