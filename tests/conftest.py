@@ -1,6 +1,7 @@
 """Shared fixtures: small corpora the tests write themselves, and CLI helpers."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -44,3 +45,26 @@ def run_cli(*args, env=None, input=None, timeout=300, cwd=None):
     return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)],
                           capture_output=True, text=True, env=full_env, input=input,
                           timeout=timeout, cwd=cwd)
+
+
+def run_main(argv, capsys, stdin_text: str | None = None):
+    """Run charrnn.cli.main in-process: (exit code, stdout, stderr).  ``stdin_text``
+    becomes sys.stdin for the call."""
+    from charrnn.cli import main
+
+    old = sys.stdin
+    if stdin_text is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin_text.encode()))
+    try:
+        with pytest.raises(SystemExit) as ei:
+            main([str(a) for a in argv])
+    finally:
+        sys.stdin = old
+    out, err = capsys.readouterr()
+    return ei.value.code, out, err
+
+
+@pytest.fixture
+def invoke(capsys):
+    """``invoke(argv, input=None)``: :func:`run_main` with this test's capsys."""
+    return lambda argv, input=None: run_main(argv, capsys, input)

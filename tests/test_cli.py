@@ -9,17 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import __version__
-from charrnn.cli import cli, main
+from charrnn.cli import cli
 
+from conftest import run_main as invoke
 from conftest import run_cli
-
-
-def invoke(argv, capsys):
-    """Run charrnn.cli.main in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as ei:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return ei.value.code, out, err
 
 
 def test_every_command_has_help():

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from charrnn import evaluate as E
-from charrnn.cli import main
 from charrnn.config import ModelConfig
 from charrnn.model import Model
 from charrnn.vocab import Vocab
@@ -28,18 +27,6 @@ def _model(dtype="float64", vocab=None, cell="lstm", **kw):
                                       num_layers=2, dtype=dtype, **kw), 3)
     m.vocab = v
     return m
-
-
-@pytest.fixture
-def invoke(capsys, monkeypatch):
-    def run(argv, input=None):
-        if input is not None:
-            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input.encode())))
-        with pytest.raises(SystemExit) as ei:
-            main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return ei.value.code, out, err
-    return run
 
 
 @pytest.fixture

@@ -8,23 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from charrnn.cli import main
 from charrnn.config import ModelConfig
 from charrnn.inspect import checkpoint_info, format_duration, sparkline
 from charrnn.model import Model
 from charrnn.vocab import Vocab
 
 TEXT = "hello world, the quick brown fox.\nAnd more lines here!\n"
-
-
-@pytest.fixture
-def invoke(capsys):
-    def run(argv):
-        with pytest.raises(SystemExit) as ei:
-            main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return ei.value.code, out, err
-    return run
 
 
 def _model(**kw):

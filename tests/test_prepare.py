@@ -12,18 +12,10 @@ import time
 
 import pytest
 
-from charrnn.cli import main
 from charrnn.data import Dataset
 
+from conftest import run_main as invoke
 from conftest import make_text, run_cli
-
-
-def invoke(argv, capsys):
-    """Run charrnn.cli.main in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as ei:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return ei.value.code, out, err
 
 
 @pytest.fixture

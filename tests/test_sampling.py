@@ -3,7 +3,6 @@ cell and option, chunking, determinism, greedy/top-k/top-p/temperature) and the 
 (streaming, --stop, --json, errors)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from charrnn.cli import main
 from charrnn.config import ModelConfig
 from charrnn.model import Model
 from charrnn.sampling import (Sampler, _StopScanner, draw_from_logits,
@@ -36,19 +34,6 @@ def ckpt(tmp_path):
     p = tmp_path / "m.safetensors"
     _model(dtype="float32").save(p)
     return p
-
-
-@pytest.fixture
-def invoke(capsys, monkeypatch):
-    """Run charrnn.cli.main in-process: (exit code, stdout, stderr)."""
-    def run(argv, input=None):
-        if input is not None:
-            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input.encode())))
-        with pytest.raises(SystemExit) as ei:
-            main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return ei.value.code, out, err
-    return run
 
 
 OPTIONS = [

@@ -14,20 +14,13 @@ import numpy as np
 import pytest
 
 from charrnn.checkpoint import read_checkpoint
-from charrnn.cli import main
 from charrnn.model import Model
 
+from conftest import run_main as invoke
 from conftest import make_text, run_cli
 
 SMALL = ["--cell", "lstm", "--layers", "1", "--hidden", "16", "--batch-size", "4",
          "--seq-len", "16", "--eval-every", "5"]
-
-
-def invoke(argv, capsys):
-    with pytest.raises(SystemExit) as ei:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return ei.value.code, out, err
 
 
 def params(run, name="latest.safetensors"):
