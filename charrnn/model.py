@@ -41,6 +41,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import pipeline
 from .config import ModelConfig
 from .errors import ConfigError, InputError
 
@@ -81,6 +82,7 @@ class Model:
         self._lg = [self._layer_views(self.grads, k, LayerParams)
                     for k in range(config.num_layers)]
         self._buffers: OrderedDict = OrderedDict()
+        self._pipeline = None                  # charrnn.pipeline.Pipeline, made when used
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -210,13 +212,16 @@ class Model:
         if E > 0:
             buf.x0 = np.empty((N, E), dt)                     # (N, E) embedded input
             buf.zero_e = np.zeros((E,), dt)                   # (E,) no bias on the gather
-        # inputs of layers 1..L-1 and of the head when dropout/residual need a copy
-        buf.xin = [np.empty((T, B, H), dt) for _ in range(L)]  # (T, B, H) each
-        buf.y = [np.empty((T, B, H), dt) for _ in range(L)]    # (T, B, H) residual sums
+        # inputs of layers 1..L-1 and of the head, dropped out (xin), and the residual
+        # sums (y): allocated only for a model that has dropout or residual connections
+        buf.xin = ([np.empty((T, B, H), dt) for _ in range(L)]  # (T, B, H) each
+                   if c.dropout > 0 else None)
+        buf.y = ([np.empty((T, B, H), dt) for _ in range(L)]    # (T, B, H) each
+                 if c.residual else None)
         buf.logits = np.empty((N, V), dt)                     # (N, V)
         buf.dlogits = np.empty((N, V), dt)                    # (N, V)
         buf.nll = np.empty((N,), np.float64)                  # (N,) per-position loss
-        buf.dy = np.empty((N, H), dt)                         # (N, H) grad of head input
+        buf.dy = None                                         # (N, H), first backward
         buf.dw_head = np.empty((V, H), dt)                    # (V, H)
         buf.db_head = np.empty((V,), dt)                      # (V,)
         buf.layers = [layer.workspace(B, T, dt) for layer in self._layers]
@@ -239,39 +244,59 @@ class Model:
         return masks
 
     # ------------------------------------------------------------------ passes
-    def _forward(self, inputs, state, masks):
+    def _run_layers(self, order: list[int], T: int, work, pipelined: bool) -> None:
+        """``work(k, t0, t1)`` for every layer k in ``order``: one after another over all T
+        steps, or, if ``pipelined``, over chunks of steps in a pipeline of layer threads
+        (charrnn.pipeline) where that is faster.  Training passes are pipelined; forward-
+        only ones are not (measured slower: with no backward pass to share the cores, the
+        upper layer's input products, done one thread per layer, dominate)."""
+        chunks = pipeline.plan(len(order), self.config.hidden_size, T) if pipelined else None
+        if chunks is None:
+            for k in order:
+                work(k, 0, T)
+            return
+        if order[0] != 0:                  # backward: the chunks from the last one down
+            chunks = chunks[::-1]
+        if self._pipeline is None:
+            self._pipeline = pipeline.Pipeline()
+        self._pipeline.run(order, chunks, work)
+
+    def _forward(self, inputs, state, masks, pipelined: bool = False):
         """Runs the layers and the head; leaves everything backward needs in buffers."""
         from .kernels import cells as K
 
         B, T = inputs.shape
         c = self.config
-        N, H = T * B, c.hidden_size
+        N, H, L = T * B, c.hidden_size, c.num_layers
         buf = self._get_buffers(B, T)
         buf.idx[...] = inputs.T                                # (T, B)
         idx = buf.idx.reshape(N)                               # (N,)
         if c.embed_size > 0:
             K._gather_rows(self.params["embedding.weight"], idx, buf.zero_e, buf.x0)
-            x = buf.x0                                         # (N, E)
-        else:
-            x = None
-        buf.layer_in = []
-        y = None
-        for k, layer in enumerate(self._layers):
+        # Where each layer reads its input (x3, (T, B, H)) and writes its output (out):
+        # x3 of layer k is the output of layer k-1, dropped out into xin[k]; the output is
+        # h (the layer's hs[1:]) plus, with residual connections, the input.
+        out, x3 = [], [None]
+        for k in range(L):
             if k > 0:
-                if masks is not None:
-                    np.multiply(y, masks[k - 1], out=buf.xin[k])
-                    x3 = buf.xin[k]                            # (T, B, H)
-                else:
-                    x3 = y
-                x = x3.reshape(N, H)                           # (N, H)
-            buf.layer_in.append(x)
-            st = tuple(s[k] for s in state)
-            h = layer.forward(buf.layers[k], self._lp[k], x, idx, st)   # (T, B, H)
+                x3.append(buf.xin[k] if masks is not None else out[k - 1])
+            res = c.residual and k > 0
+            out.append(buf.y[k] if res else buf.layers[k].hs[1:])    # (T, B, H)
+        buf.layer_in = [(buf.x0 if c.embed_size > 0 else None)] + \
+            [x.reshape(N, H) for x in x3[1:]]                  # (N, I) each
+        for k, layer in enumerate(self._layers):
+            layer.forward_start(buf.layers[k], self._lp[k], tuple(s[k] for s in state))
+
+        def work(k: int, t0: int, t1: int) -> None:
+            if k > 0 and masks is not None:
+                np.multiply(out[k - 1][t0:t1], masks[k - 1][t0:t1], out=x3[k][t0:t1])
+            ws = buf.layers[k]
+            self._layers[k].forward_steps(ws, self._lp[k], buf.layer_in[k], idx, t0, t1)
             if c.residual and k > 0:
-                np.add(h, x3, out=buf.y[k])
-                y = buf.y[k]
-            else:
-                y = h
+                np.add(ws.hs[1 + t0:1 + t1], x3[k][t0:t1], out=out[k][t0:t1])
+
+        self._run_layers(list(range(L)), T, work, pipelined)
+        y = out[-1]
         if masks is not None:
             np.multiply(y, masks[-1], out=buf.xin[0])
             y = buf.xin[0]
@@ -290,29 +315,46 @@ class Model:
 
         c = self.config
         T, B = buf.idx.shape
-        N, H = T * B, c.hidden_size
+        N, H, L = T * B, c.hidden_size, c.num_layers
         idx = buf.idx.reshape(N)
+        if buf.dy is None:                                     # only training needs it
+            buf.dy = np.empty((N, H), self.dtype)             # (N, H) grad of head input
         np.matmul(buf.dlogits.T, buf.head_in, out=buf.dw_head)
         self.grads["head.weight"] += buf.dw_head
         np.sum(buf.dlogits, axis=0, out=buf.db_head)
         self.grads["head.bias"] += buf.db_head
         np.matmul(buf.dlogits, self.params["head.weight"], out=buf.dy)
-        dy = buf.dy.reshape(T, B, H)                           # (T, B, H)
+        top = buf.dy.reshape(T, B, H)                          # (T, B, H)
         if masks is not None:
-            dy *= masks[-1]
-        for k in range(c.num_layers - 1, -1, -1):
-            need_dx = k > 0 or c.embed_size > 0
-            dx = self._layers[k].backward(buf.layers[k], self._lp[k], self._lg[k], dy,
-                                          buf.layer_in[k], idx, need_dx)
+            top *= masks[-1]
+        # dy[k] (T, B, H): the gradient reaching layer k's output; below the top layer it
+        # is layer k+1's dx (plus the residual path, times the dropout mask), built in
+        # place in layer k+1's dx buffer one chunk at a time.
+        dy = [None] * L
+        dy[L - 1] = top
+        for k in range(L - 1, -1, -1):
+            self._layers[k].backward_start(buf.layers[k])
             if k > 0:
-                dx3 = dx.reshape(T, B, H)                      # (T, B, H)
+                dy[k - 1] = self._layers[k].dx_buffer(buf.layers[k]).reshape(T, B, H)
+
+        def work(k: int, t0: int, t1: int) -> None:
+            layer, ws = self._layers[k], buf.layers[k]
+            layer.backward_steps(ws, self._lp[k], dy[k], t0, t1)
+            if k > 0 or c.embed_size > 0:
+                layer.input_grad_rows(ws, self._lp[k], t0, t1)
+            if k > 0:
+                dx3 = dy[k - 1][t0:t1]                         # (t1-t0, B, H)
                 if c.residual:
-                    dx3 += dy
+                    dx3 += dy[k][t0:t1]
                 if masks is not None:
-                    dx3 *= masks[k - 1]
-                dy = dx3
-            elif c.embed_size > 0:
-                K._scatter_add_rows(idx, dx, self.grads["embedding.weight"])
+                    dx3 *= masks[k - 1][t0:t1]
+
+        self._run_layers(list(range(L - 1, -1, -1)), T, work, True)
+        for k in range(L - 1, -1, -1):
+            self._layers[k].backward_finish(buf.layers[k], self._lp[k], self._lg[k],
+                                            buf.layer_in[k], idx)
+        if c.embed_size > 0:
+            K._scatter_add_rows(idx, buf.layers[0].dx, self.grads["embedding.weight"])
 
     def _loss(self, buf, targets, want_grad: bool) -> float:
         from .kernels import cells as K
@@ -358,7 +400,7 @@ class Model:
                 raise ConfigError("dropout in training mode needs rng=np.random.Generator")
             masks = self.dropout_masks(inputs.shape[0], inputs.shape[1], rng)
         self.grad_flat.fill(0)
-        buf = self._forward(inputs, state, masks)
+        buf = self._forward(inputs, state, masks, pipelined=True)
         loss = self._loss(buf, targets, want_grad=True)
         final = self._final_state(buf)
         self._backward(buf, masks)

@@ -50,7 +50,7 @@ def trained(corpus, tmp_path) -> Path:
 def test_random_sigkills_lose_nothing_and_resume_bit_exact(corpus, tmp_path):
     """Kill at random moments, half of them with a slow (wide-window) checkpoint writer;
     after every kill `latest` loads; the finished run equals an uninterrupted one."""
-    args = [*ARGS, "--max-iters", "6000", "--save-every", "25", "--eval-every", "200"]
+    args = [*ARGS, "--max-iters", "40000", "--save-every", "25", "--eval-every", "200"]
     ref = run_cli("train", corpus, "-o", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import blas
 from ..kernels import cells as K
+from ..kernels import steps as S
 from . import Layer, LayerParams, Workspace
 
 
@@ -43,59 +45,77 @@ class GRULayer(Layer):
     # steps: ((T+1) + 4T) * B * H * s bytes; B=50, T=50, H=256, float32:
     # 251 * 50 * 256 * 4 = 12.9 MB per layer (plus the (T, B, 3H) projection buffer,
     # 7.7 MB, reused for the pre-activation gradients, and 7.7 MB for dhh in backward).
-    def forward(self, ws: Workspace, p: LayerParams, x, idx, state: tuple):
-        T, H = ws.T, self.H
-        self.project(ws, p, x, idx)
-        ws.hs[0] = state[0]
-        xp, hs, gates, aux = ws.xp, ws.hs, ws.gates, ws.aux
+    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+        H = self.H
+        self.project(ws, p, x, idx, t0, t1)
+        xp, hs, gates, aux, w_hh_t = ws.xp, ws.hs, ws.gates, ws.aux, ws.w_hh_t  # w: (H, 3H)
+        gemm = blas.gemm(xp.dtype)
+        if gemm is not None:
+            hh, hn = (ws.hrz, ws.hn) if self.before else (ws.hh, ws.hh)
+            S._gru_forward_steps(gemm, self.before, t0, t1, xp, w_hh_t, p.b_hh, hs, gates,
+                                 aux, hh, hn)
+            return
+        # the same steps, driven from Python
         if not self.before:
-            w_hh_t = p.w_hh.T                       # (H, 3H) view
-            for t in range(T):
-                np.matmul(hs[t], w_hh_t, out=ws.hh)
+            for t in range(t0, t1):
+                np.matmul(hs[t], w_hh_t, out=ws.hh)             # (B, 3H)
                 K._gru_forward_step(0, xp[t], ws.hh, p.b_hh, hs[t], hs[t + 1], gates[t], aux[t])
-            return hs[1:]
-        w_rz_t = p.w_hh[:2 * H].T                   # (H, 2H) view
-        w_n_t = p.w_hh[2 * H:].T                    # (H, H) view
-        for t in range(T):
-            np.matmul(hs[t], w_rz_t, out=ws.hrz)
+            return
+        w_rz_t = w_hh_t[:, :2 * H]                  # (H, 2H) view, row stride 3H
+        w_n_t = w_hh_t[:, 2 * H:]                   # (H, H) view, row stride 3H
+        for t in range(t0, t1):
+            np.matmul(hs[t], w_rz_t, out=ws.hrz)                # (B, 2H)
             K._gru_forward_step(1, xp[t], ws.hrz, p.b_hh, hs[t], hs[t + 1], gates[t], aux[t])
-            np.matmul(aux[t], w_n_t, out=ws.hn)
+            np.matmul(aux[t], w_n_t, out=ws.hn)                 # (B, H)
             K._gru_forward_step(2, xp[t], ws.hn, p.b_hh, hs[t], hs[t + 1], gates[t], aux[t])
-        return hs[1:]
 
-    def backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx,
-                 need_dx: bool):
-        T, B, H = ws.T, ws.B, self.H
-        dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
+    def backward_start(self, ws: Workspace) -> None:
+        super().backward_start(ws)
         ws.dh_dir.fill(0)
-        dh_mm = ws.zeros
+
+    def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
+        H = self.H
+        dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
+        gemm = blas.gemm(dxp.dtype)
+        if gemm is not None:
+            drh = ws.drh if self.before else ws.dh_mm
+            S._gru_backward_steps(gemm, self.before, t0, t1, dy, ws.dh_next, ws.dh_mm,
+                                  ws.dh_dir, ws.gates, ws.aux, ws.hs, dxp, dhh, p.w_hh, drh)
+            if t0 > 0:
+                ws.dh_next = ws.dh_mm
+            return
+        # the same steps, driven from Python
         if not self.before:
-            for t in range(T - 1, -1, -1):
-                K._gru_backward_step(0, dy[t], dh_mm, ws.dh_dir, ws.gates[t], ws.aux[t],
+            for t in range(t1 - 1, t0 - 1, -1):
+                K._gru_backward_step(0, dy[t], ws.dh_next, ws.dh_dir, ws.gates[t], ws.aux[t],
                                      ws.hs[t], dxp[t], dhh[t])
                 if t > 0:
-                    np.matmul(dhh[t], p.w_hh, out=ws.dh_mm)
-                    dh_mm = ws.dh_mm
-            self.recurrent_grads(ws, g, dhh)
-            return self.input_grads(ws, p, g, x, idx, need_dx)
-
+                    np.matmul(dhh[t], p.w_hh, out=ws.dh_mm)     # (B, H)
+                    ws.dh_next = ws.dh_mm
+            return
         w_rz = p.w_hh[:2 * H]                       # (2H, H) view
         w_n = p.w_hh[2 * H:]                        # (H, H) view
-        for t in range(T - 1, -1, -1):
-            K._gru_backward_step(1, dy[t], dh_mm, ws.dh_dir, ws.gates[t], ws.aux[t],
+        for t in range(t1 - 1, t0 - 1, -1):
+            K._gru_backward_step(1, dy[t], ws.dh_next, ws.dh_dir, ws.gates[t], ws.aux[t],
                                  ws.hs[t], dxp[t], dhh[t])
-            np.matmul(dhh[t][:, 2 * H:], w_n, out=ws.drh)
+            np.matmul(dhh[t][:, 2 * H:], w_n, out=ws.drh)       # (B, H)
             K._gru_backward_step(2, dy[t], ws.drh, ws.dh_dir, ws.gates[t], ws.aux[t],
                                  ws.hs[t], dxp[t], dhh[t])
             if t > 0:
-                np.matmul(dhh[t][:, :2 * H], w_rz, out=ws.dh_mm)
-                dh_mm = ws.dh_mm
-        # dW_hr, dW_hz pair with h_{t-1}; dW_hn pairs with r * h_{t-1} (kept in aux).
-        dhh2 = dhh.reshape(T * B, 3 * H)            # (N, 3H)
+                np.matmul(dhh[t][:, :2 * H], w_rz, out=ws.dh_mm)  # (B, H)
+                ws.dh_next = ws.dh_mm
+
+    def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
+        """dW_hh, db_hh from dhh; with reset "before", dW_hr and dW_hz pair with h_{t-1}
+        and dW_hn with r * h_{t-1} (kept in aux)."""
+        T, B, H = ws.T, ws.B, self.H
+        dhh2 = ws.dhh.reshape(T * B, 3 * H)         # (N, 3H)
         hprev = ws.hs[:T].reshape(T * B, H)         # (N, H)
-        np.matmul(dhh2[:, :2 * H].T, hprev, out=ws.dw_hh[:2 * H])
-        np.matmul(dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H), out=ws.dw_hh[2 * H:])
+        if not self.before:
+            np.matmul(dhh2.T, hprev, out=ws.dw_hh)
+        else:
+            np.matmul(dhh2[:, :2 * H].T, hprev, out=ws.dw_hh[:2 * H])
+            np.matmul(dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H), out=ws.dw_hh[2 * H:])
         g.w_hh += ws.dw_hh
         np.sum(dhh2, axis=0, out=ws.db)
         g.b_hh += ws.db
-        return self.input_grads(ws, p, g, x, idx, need_dx)

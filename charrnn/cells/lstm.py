@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import blas
 from ..kernels import cells as K
+from ..kernels import steps as S
 from . import Layer, LayerParams, Workspace
 
 
@@ -31,8 +33,7 @@ class LSTMLayer(Layer):
     def _workspace(self, ws: Workspace, B: int, T: int, dtype) -> None:
         H = self.H
         ws.cs = np.empty((T + 1, B, H), dtype)      # (T+1, B, H) c_0 .. c_T
-        ws.gates = np.empty((T, B, 4 * H), dtype)   # (T, B, 4H) i, f, g, o after activation
-        ws.tc = np.empty((T, B, H), dtype)          # (T, B, H) tanh(c_t)
+        ws.tc = np.empty((B, H), dtype)             # (B, H) tanh(c_t), scratch of one step
         ws.hh = np.empty((B, 4 * H), dtype)         # (B, 4H) h_{t-1} W_hh^T
         ws.dc = np.empty((B, H), dtype)             # (B, H) dL/dc carried backwards
         ws.dpeep = np.zeros((B, 3 * H), dtype)      # (B, 3H) peephole grads per stream
@@ -41,42 +42,56 @@ class LSTMLayer(Layer):
     def final_state(self, ws: Workspace) -> tuple:
         return (ws.hs[ws.T], ws.cs[ws.T])
 
-    # Kept for backward (s = bytes per element): h and c for T+1 steps, 4 gates and
-    # tanh(c) for T steps: (2(T+1) + 5T) * B * H * s bytes; B=50, T=50, H=256, float32:
-    # (102 + 250) * 50 * 256 * 4 = 18.0 MB per layer (plus the (T, B, 4H) projection
-    # buffer, 10.2 MB, reused for the pre-activation gradients).
-    def forward(self, ws: Workspace, p: LayerParams, x, idx, state: tuple):
-        T = ws.T
-        self.project(ws, p, x, idx)
-        ws.hs[0] = state[0]
-        ws.cs[0] = state[1]
-        w_hh_t = p.w_hh.T                           # (H, 4H) view
-        peep = p.peep if self.peepholes else ws.nopeep
-        use_peep = 1 if self.peepholes else 0
-        xp, hs, cs, gates, tc, hh = ws.xp, ws.hs, ws.cs, ws.gates, ws.tc, ws.hh
-        for t in range(T):
-            np.matmul(hs[t], w_hh_t, out=hh)
-            K._lstm_forward_step(xp[t], hh, p.b_hh, peep, use_peep, cs[t], hs[t + 1],
-                                 cs[t + 1], gates[t], tc[t])
-        return hs[1:]
+    # Kept for backward (s = bytes per element): h and c for T+1 steps and the four gate
+    # activations for T steps, which the forward kernel writes over the projection buffer
+    # xp (T, B, 4H) it has consumed; tanh(c_t) is recomputed in backward.  In all
+    # (2(T+1) + 4T) * B * H * s bytes; B=50, T=100, H=512, float32: 602 * 50 * 512 * 4 =
+    # 61.6 MB per layer.  Backward writes the pre-activation gradients over the gates.
+    def _peep(self, ws: Workspace, p: LayerParams):
+        return (p.peep, 1) if self.peepholes else (ws.nopeep, 0)
 
-    def backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx,
-                 need_dx: bool):
-        T, B, H = ws.T, ws.B, self.H
-        dpre = ws.xp                                # (T, B, 4H) reuses the projection buffer
-        peep = p.peep if self.peepholes else ws.nopeep
-        use_peep = 1 if self.peepholes else 0
+    def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
+        super().forward_start(ws, p, state)
+        ws.cs[0] = state[1]
+
+    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+        self.project(ws, p, x, idx, t0, t1)
+        peep, use_peep = self._peep(ws, p)
+        xp, hs, cs, tc, hh, w_hh_t = ws.xp, ws.hs, ws.cs, ws.tc, ws.hh, ws.w_hh_t
+        gemm = blas.gemm(xp.dtype)
+        if gemm is not None:
+            S._lstm_forward_steps(gemm, t0, t1, xp, w_hh_t, p.b_hh, peep, use_peep, hs, cs,
+                                  hh, tc)
+            return
+        for t in range(t0, t1):                     # the same steps, driven from Python
+            np.matmul(hs[t], w_hh_t, out=hh)                 # (B, 4H)
+            K._lstm_forward_step(xp[t], hh, p.b_hh, peep, use_peep, cs[t], hs[t + 1],
+                                 cs[t + 1], xp[t], tc)
+
+    def backward_start(self, ws: Workspace) -> None:
+        super().backward_start(ws)
         ws.dc.fill(0)
         if self.peepholes:
             ws.dpeep.fill(0)
-        dh_mm = ws.zeros
-        for t in range(T - 1, -1, -1):
-            K._lstm_backward_step(dy[t], dh_mm, ws.dc, ws.gates[t], ws.cs[t], ws.cs[t + 1],
-                                  ws.tc[t], peep, use_peep, dpre[t], ws.dpeep)
+
+    def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
+        gates = dpre = ws.xp                        # (T, B, 4H) gates in, their gradients out
+        peep, use_peep = self._peep(ws, p)
+        gemm = blas.gemm(dpre.dtype)
+        if gemm is not None:
+            S._lstm_backward_steps(gemm, t0, t1, dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs,
+                                   ws.tc, p.w_hh, peep, use_peep, ws.dpeep)
+            if t0 > 0:
+                ws.dh_next = ws.dh_mm
+            return
+        for t in range(t1 - 1, t0 - 1, -1):         # the same steps, driven from Python
+            K._lstm_backward_step(dy[t], ws.dh_next, ws.dc, gates[t], ws.cs[t], ws.cs[t + 1],
+                                  ws.tc, peep, use_peep, dpre[t], ws.dpeep)
             if t > 0:
-                np.matmul(dpre[t], p.w_hh, out=ws.dh_mm)
-                dh_mm = ws.dh_mm
+                np.matmul(dpre[t], p.w_hh, out=ws.dh_mm)     # (B, H)
+                ws.dh_next = ws.dh_mm
+
+    def backward_finish(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx) -> None:
         if self.peepholes:
-            g.peep += ws.dpeep.reshape(B, 3, H).sum(axis=0)
-        self.recurrent_grads(ws, g, dpre)
-        return self.input_grads(ws, p, g, x, idx, need_dx)
+            g.peep += ws.dpeep.reshape(ws.B, 3, self.H).sum(axis=0)
+        super().backward_finish(ws, p, g, x, idx)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import blas
 from ..kernels import cells as K
+from ..kernels import steps as S
 from . import Layer, LayerParams, Workspace
 
 
@@ -24,26 +26,28 @@ class RNNLayer(Layer):
     # Kept for backward: h for T+1 steps, (T+1) * B * H * s bytes; B=50, T=50, H=256,
     # float32: 51 * 50 * 256 * 4 = 2.6 MB per layer (plus the (T, B, H) projection
     # buffer, 2.6 MB, reused for the pre-activation gradients).
-    def forward(self, ws: Workspace, p: LayerParams, x, idx, state: tuple):
-        T = ws.T
-        self.project(ws, p, x, idx)
-        ws.hs[0] = state[0]
-        w_hh_t = p.w_hh.T                           # (H, H) view
-        xp, hs, hh = ws.xp, ws.hs, ws.hh
-        for t in range(T):
-            np.matmul(hs[t], w_hh_t, out=hh)
+    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+        self.project(ws, p, x, idx, t0, t1)
+        xp, hs, hh, w_hh_t = ws.xp, ws.hs, ws.hh, ws.w_hh_t
+        gemm = blas.gemm(xp.dtype)
+        if gemm is not None:
+            S._rnn_forward_steps(gemm, self.relu, t0, t1, xp, w_hh_t, p.b_hh, hs, hh)
+            return
+        for t in range(t0, t1):                     # the same steps, driven from Python
+            np.matmul(hs[t], w_hh_t, out=hh)                 # (B, H)
             K._rnn_forward_step(self.relu, xp[t], hh, p.b_hh, hs[t + 1])
-        return hs[1:]
 
-    def backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx,
-                 need_dx: bool):
-        T = ws.T
+    def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
-        dh_mm = ws.zeros
-        for t in range(T - 1, -1, -1):
-            K._rnn_backward_step(self.relu, dy[t], dh_mm, ws.hs[t + 1], dpre[t])
+        gemm = blas.gemm(dpre.dtype)
+        if gemm is not None:
+            S._rnn_backward_steps(gemm, self.relu, t0, t1, dy, ws.dh_next, ws.dh_mm, ws.hs,
+                                  dpre, p.w_hh)
+            if t0 > 0:
+                ws.dh_next = ws.dh_mm
+            return
+        for t in range(t1 - 1, t0 - 1, -1):         # the same steps, driven from Python
+            K._rnn_backward_step(self.relu, dy[t], ws.dh_next, ws.hs[t + 1], dpre[t])
             if t > 0:
-                np.matmul(dpre[t], p.w_hh, out=ws.dh_mm)
-                dh_mm = ws.dh_mm
-        self.recurrent_grads(ws, g, dpre)
-        return self.input_grads(ws, p, g, x, idx, need_dx)
+                np.matmul(dpre[t], p.w_hh, out=ws.dh_mm)     # (B, H)
+                ws.dh_next = ws.dh_mm

@@ -46,6 +46,8 @@ from .activations import exp_into, sigmoid_into, tanh_into
 
 @jit
 def _lstm_forward_step(xp, hh, b_hh, peep, use_peep, c_prev, h, c, gates, tc):
+    """``gates`` may be ``xp`` itself (the layer stores the activations over the
+    projection it no longer needs); ``tc`` (B, H) receives tanh(c_t), scratch."""
     B, H = c.shape
     for b in prange(B):
         a = hh[b]
@@ -76,10 +78,15 @@ def _lstm_forward_step(xp, hh, b_hh, peep, use_peep, c_prev, h, c, gates, tc):
 
 @jit
 def _lstm_backward_step(dy, dh_mm, dc, gates, c_prev, c, tc, peep, use_peep, dpre, dpeep):
-    """dc (B, H) carries dL/dc_t in and dL/dc_{t-1} out; dpeep (B, 3H) accumulates."""
+    """dc (B, H) carries dL/dc_t in and dL/dc_{t-1} out; dpeep (B, 3H) accumulates.
+
+    tanh(c_t) is recomputed into the scratch ``tc`` (B, H) instead of being kept from
+    the forward pass.  ``dpre`` may be ``gates`` itself: each (b, j) reads its four gate
+    values before it writes its four pre-activation gradients at the same places."""
     one = dy.dtype.type(1)
     B, H = dy.shape
     for b in prange(B):
+        tanh_into(c[b], tc[b])
         for j in range(H):
             i = gates[b, j]
             f = gates[b, H + j]
