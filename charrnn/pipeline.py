@@ -5,14 +5,18 @@ Within one layer the time steps are sequential, and at B ~ 50 each step's recurr
 product is too small for two BLAS threads to share well.  Across layers there is slack:
 layer k's steps in chunk c need only layer k-1's outputs for chunk c, so while layer k
 works on chunk c, layer k-1 already works on chunk c+1 (backward: the same, from the last
-chunk down and from the top layer down).  Each layer thread calls single-threaded BLAS and
-the serial numba kernels (both release the GIL), so an L-layer stack keeps L cores busy
-with no thread pool fighting another.
+chunk down and from the top layer down).  Each layer thread runs its chunk as one numba
+kernel call that makes its products through single-threaded BLAS without the GIL
+(charrnn.kernels.steps), so an L-layer stack keeps L cores busy and no thread pool
+fights another.  (Sharing the product between two layers over a chunk, half of its
+columns in each thread, to balance the stages measured no faster: not done.)
 
-Measured on 2 cores, LSTM 2x128 forward+backward, B=50, T=50 (see
-benchmarks/core_throughput.py): the pipeline wins where the weights of one layer fit a
-core's cache; for H >= 512 two BLAS threads on one product win (they split the weights
-between two caches), so :func:`plan` keeps the sequential order there.
+Measured on 2 cores, training step with Adam, B=50, T=50, chars/s (sequential ->
+pipelined, several runs): LSTM 2x128 77-101k -> 104-119k; GRU 2x256 42-43k -> 45-47k;
+LSTM 2x256 and RNN 2x256 about equal; LSTM 2x512 (T=100) 13.0k -> 11.9k.  For H >= 512 two BLAS threads
+on one product win (they split the weights between two cores' caches), so :func:`plan`
+keeps the sequential order there, and forward-only passes (evaluation) are never
+pipelined (charrnn.model).
 
 The results equal the sequential order's up to float rounding, not bit for bit: OpenBLAS
 itself rounds differently with one and with two threads, and for a product over a chunk

@@ -55,3 +55,44 @@ def test_soak(tmp_path):
     assert np.array_equal(Model.load(run / "latest.safetensors").flat,
                           Model.load(tmp_path / "ref" / "latest.safetensors").flat)
     print(f"soak: {kills} kills, 0 checkpoints lost")
+
+
+def test_eval_lines_scores_a_gigabyte_line_in_bounded_memory(tmp_path):
+    """One line of 1 GiB with no newline, piped into `eval --lines`: it is scored to the
+    end (every character counted) and the scorer's peak memory stays far below the line's
+    size.  About 7 minutes with a tiny model on one thread."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(20_000, seed=7), encoding="utf-8")
+    run = tmp_path / "run"
+    r = run_cli("train", corpus, "-o", run, "--cell", "rnn", "--layers", "1", "--hidden",
+                "16", "--max-iters", "50", "--max-epochs", "0")
+    assert r.returncode == 0, r.stderr
+    size = 1 << 30
+    producer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\n"
+         "chunk = ('the quick brown fox ' * 3277).encode()\n"      # 65,540 bytes
+         f"left = {size}\n"
+         "while left > 0:\n"
+         "    n = min(left, len(chunk)); sys.stdout.buffer.write(chunk[:n]); left -= n\n"],
+        stdout=subprocess.PIPE)
+    scorer = subprocess.Popen([sys.executable, "-m", "charrnn", "eval", str(run), "--lines"],
+                              stdin=producer.stdout, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=dict(os.environ, CHARRNN_THREADS="1"))
+    producer.stdout.close()
+    echoed = 0
+    while True:                         # the line is echoed after its score: count it
+        block = scorer.stdout.read(1 << 20)
+        if not block:
+            break
+        echoed += len(block)
+    err = scorer.stderr.read().decode()
+    _, status, usage = os.wait4(scorer.pid, 0)
+    scorer.returncode = os.waitstatus_to_exitcode(status)
+    assert producer.wait() == 0
+    assert scorer.returncode == 0, err
+    assert f"chars {size}" in err.splitlines()[-1], err
+    assert echoed > size
+    peak_mb = usage.ru_maxrss / 1024
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB while scoring a 1 GiB line"
+    print(f"1 GiB line scored; peak RSS of the scorer {peak_mb:.0f} MB")
