@@ -70,6 +70,8 @@ def test_plan(monkeypatch):
     monkeypatch.delenv("CHARRNN_PIPELINE", raising=False)
     monkeypatch.delenv("CHARRNN_PIPELINE_CHUNKS", raising=False)
     monkeypatch.setattr(runtime, "threads", lambda: 2)
+    assert pipeline.plan(2, 128, 50) is None                     # off by default
+    monkeypatch.setenv("CHARRNN_PIPELINE", "auto")
     chunks = pipeline.plan(2, 128, 50)
     assert chunks[0][0] == 0 and chunks[-1][1] == 50
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(chunks, chunks[1:]))
