@@ -247,7 +247,7 @@ class Model:
     def _run_layers(self, order: list[int], T: int, work, pipelined: bool) -> None:
         """``work(k, t0, t1)`` for every layer k in ``order``: one after another over all T
         steps, or, if ``pipelined``, over chunks of steps in a pipeline of layer threads
-        (charrnn.pipeline, opt-in: CHARRNN_PIPELINE).  Only training passes may be;
+        (charrnn.pipeline; CHARRNN_PIPELINE).  Only training passes may be;
         forward-only ones are not (measured slower: with no backward pass to share the
         cores, the upper layer's input products, one thread per layer, dominate)."""
         chunks = pipeline.plan(len(order), self.config.hidden_size, T) if pipelined else None

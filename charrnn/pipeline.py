@@ -11,9 +11,10 @@ kernel call that makes its products through single-threaded BLAS without the GIL
 fights another.  (Sharing the product between two layers over a chunk, half of its
 columns in each thread, to balance the stages measured no faster: not done.)
 
-Measured on 2 cores, training step with Adam, B=50, T=50, chars/s (sequential ->
-pipelined, several runs): LSTM 2x128 77-101k -> 104-119k; GRU 2x256 42-43k -> 45-47k;
-LSTM 2x256 and RNN 2x256 about equal; LSTM 2x512 (T=100) 13.0k -> 11.9k.  For H >= 512 two BLAS threads
+Measured on 2 cores, training step with Adam, B=50, T=50, chars/s, three alternating
+fresh processes each (benchmarks/_worker.py; sequential -> pipelined): LSTM 2x128
+84-92k -> 89-118k; LSTM 2x256 38-39k -> 40-43k; RNN 2x256 112-114k -> 135-143k; GRU
+2x256 45-47k -> 37-50k; LSTM 2x512 (T=100) 13.0k -> 11.9k.  For H >= 512 two BLAS threads
 on one product win (they split the weights between two cores' caches), so
 ``CHARRNN_PIPELINE=auto`` keeps the sequential order there; forward-only passes
 (evaluation) are never pipelined (charrnn.model).
@@ -24,14 +25,16 @@ of rows and over all rows.  For a given thread count and T the chunks are fixed,
 run is deterministic (the same seed gives the same model, and a resumed run continues
 bit for bit).
 
-OFF BY DEFAULT.  In some processes (about one in three, at random, on the 2-core
-development machine) the pipelined pass ran 10 to 15 times slower than in the others:
-py-spy showed the threads that wait on the pipeline's locks burning a core each inside
-``PyThread_acquire_lock_timed``, so the layer threads got little CPU.  The cause is not
-found yet, and a sequential pass never shows it, so the pipeline is opt-in until it is:
-``CHARRNN_PIPELINE=1`` turns it on where it can run (L >= 2, threads >= 2),
-``CHARRNN_PIPELINE=auto`` only for H <= 256, and ``CHARRNN_PIPELINE_CHUNKS`` sets the
-number of chunks (default 5).
+``CHARRNN_PIPELINE`` chooses: ``auto`` (the default) pipelines training passes of
+stacks of L >= 2 layers at most MAX_HIDDEN wide when threads >= 2; ``1`` pipelines
+wherever it can run (L >= 2, threads >= 2); ``0`` never.  ``CHARRNN_PIPELINE_CHUNKS``
+sets the number of chunks (default 5).
+
+(A first version bound the time loops to the first OpenBLAS that threadpoolctl listed.
+When that was scipy's, loaded by numba for np.dot, whose threads --threads does not
+limit, two layer threads each ran a two-thread product and about one process in three
+trained 10-15x slower; perf showed scipy's OpenBLAS threads spinning in inner_thread.
+kernels.blas now binds numpy's own library.)
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ DEFAULT_CHUNKS = 5
 def plan(num_layers: int, hidden: int, T: int) -> list[tuple[int, int]] | None:
     """The chunks (t0, t1) to pipeline a pass over T steps in, or None to run the layers
     one after another (each over all T steps, with BLAS on all threads)."""
-    mode = os.environ.get("CHARRNN_PIPELINE", "").strip()
+    mode = os.environ.get("CHARRNN_PIPELINE", "").strip() or "auto"
     if mode not in ("1", "auto") or num_layers < 2 or T < 2 or runtime.threads() < 2:
         return None
     if mode == "auto" and hidden > MAX_HIDDEN:

@@ -70,9 +70,7 @@ def test_plan(monkeypatch):
     monkeypatch.delenv("CHARRNN_PIPELINE", raising=False)
     monkeypatch.delenv("CHARRNN_PIPELINE_CHUNKS", raising=False)
     monkeypatch.setattr(runtime, "threads", lambda: 2)
-    assert pipeline.plan(2, 128, 50) is None                     # off by default
-    monkeypatch.setenv("CHARRNN_PIPELINE", "auto")
-    chunks = pipeline.plan(2, 128, 50)
+    chunks = pipeline.plan(2, 128, 50)                           # default: auto
     assert chunks[0][0] == 0 and chunks[-1][1] == 50
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(chunks, chunks[1:]))
     assert len(chunks) == pipeline.DEFAULT_CHUNKS
@@ -85,6 +83,8 @@ def test_plan(monkeypatch):
     assert len(pipeline.plan(2, 8, 50)) == 50                    # at most one step per chunk
     monkeypatch.setenv("CHARRNN_PIPELINE", "0")
     assert pipeline.plan(2, 128, 50) is None
+    monkeypatch.setenv("CHARRNN_PIPELINE", "auto")
+    assert pipeline.plan(2, pipeline.MAX_HIDDEN + 1, 50) is None
     monkeypatch.setattr(runtime, "threads", lambda: 1)
     monkeypatch.setenv("CHARRNN_PIPELINE", "1")
     assert pipeline.plan(2, 128, 50) is None                     # --threads 1
@@ -145,3 +145,25 @@ def test_fused_time_loop_equals_python_loop(opts, monkeypatch):
     for a, b in zip(out["python"][1], out["fused"][1]):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(out["fused"][2], out["python"][2], rtol=1e-11, atol=1e-14)
+
+
+def test_time_loops_bind_numpys_own_blas():
+    """numba loads scipy's OpenBLAS too (np.dot); the time loops must call numpy's, whose
+    threads --threads and the pipeline limit."""
+    import os
+
+    from charrnn.kernels import blas
+
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's BLAS, if installed)
+    except ImportError:
+        pass
+    files = blas._blas_files()
+    home = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    ours = [f for f in files if os.path.relpath(f, home).startswith("numpy")]
+    if not ours:
+        pytest.skip("numpy's BLAS is not a bundled library here (system or conda numpy)")
+    assert files[0] == ours[0]
+    with runtime.blas_single_thread():
+        fn = blas.gemm(np.float32)
+    assert fn is not None and fn.__name__ in {c[0] for c in blas._CANDIDATES}

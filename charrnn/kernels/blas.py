@@ -39,12 +39,21 @@ _CANDIDATES = [
 
 
 def _blas_files() -> list[str]:
+    """The BLAS files loaded in this process, numpy's own first: scipy's OpenBLAS is
+    often loaded too (numba's np.dot goes through it), and its threads are not the ones
+    --threads and the pipeline limit."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:                                      # pragma: no cover
         return []
-    return [i["filepath"] for i in threadpool_info()
-            if i.get("user_api") == "blas" and i.get("filepath")]
+    files = [i["filepath"] for i in threadpool_info()
+             if i.get("user_api") == "blas" and i.get("filepath")]
+    home = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+
+    def numpys(path: str) -> bool:        # site-packages/numpy.libs, numpy/.dylibs
+        rel = os.path.relpath(os.path.abspath(path), home)
+        return rel.startswith("numpy")
+    return sorted(files, key=lambda f: not numpys(f))
 
 
 def _bind(lib, name: str, ctype, wide: bool):
@@ -59,12 +68,14 @@ def _bind(lib, name: str, ctype, wide: bool):
 def _load() -> dict:
     if os.environ.get("CHARRNN_STEP_LOOP", "").strip().lower() == "python":
         return {}
+    libs = []
     for path in _blas_files():
         try:
-            lib = ctypes.CDLL(path)
+            libs.append(ctypes.CDLL(path))
         except OSError:
             continue
-        for s_name, d_name, wide in _CANDIDATES:
+    for s_name, d_name, wide in _CANDIDATES:     # numpy's 64-bit symbols first
+        for lib in libs:
             try:
                 return {np.dtype(np.float32): _bind(lib, s_name, ctypes.c_float, wide),
                         np.dtype(np.float64): _bind(lib, d_name, ctypes.c_double, wide)}
