@@ -86,11 +86,12 @@ def _load() -> dict:
 
 def gemm(dtype):
     """The ``cblas_?gemm`` ctypes function for ``dtype`` (float32 or float64), or None:
-    where none was found, and while BLAS runs on several threads.  Then the Python loop
-    is the steadier one: measured on 2 cores (LSTM 2x128, B=50), the fused loop with two
-    BLAS threads ran, from one process to the next, at 1.5x or at 0.5x of the Python
-    loop's speed; with one BLAS thread (``--threads 1``, or in the layer pipeline) it is
-    steady and faster."""
+    where none was found, and while BLAS runs on several threads.  There the products
+    dominate and the fused loop measured no faster than the Python one (LSTM 2x128 to
+    2x512, 2 cores, three alternating runs each), so the Python loop is kept; with one
+    BLAS thread (``--threads 1``, or in the layer pipeline) the fused loop saves the
+    interpreter between steps and, in the pipeline, lets the layer threads run without
+    the GIL."""
     if not runtime.blas_is_single_threaded():
         return None
     key = os.environ.get("CHARRNN_STEP_LOOP", "")
