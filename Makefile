@@ -13,7 +13,7 @@ help:
 	@echo "make test          install test dependencies and run the whole suite"
 	@echo "make bench         side-by-side benchmarks against PyTorch (installs the [torch] extra)"
 	@echo "make bench-quality 10-minute tinyshakespeare quality run (opt-in)"
-	@echo "make soak          200 train/kill/resume cycles (opt-in)"
+	@echo "make soak          200 train/kill/resume cycles and a 1 GiB eval --lines line (opt-in)"
 	@echo "make install-mpi   Open MPI (apt) + mpi4py, for mpirun -n N charrnn train"
 
 install:

@@ -1,5 +1,6 @@
-"""Opt-in soak test (`make soak`): 200 train/kill/resume cycles in a row, nothing lost, and
-the final parameters equal to an uninterrupted run's.  Skipped unless CHARRNN_SOAK=1."""
+"""Opt-in soak tests (`make soak`): 200 train/kill/resume cycles in a row, nothing lost, and
+the final parameters equal to an uninterrupted run's; and a 1 GiB line through
+`eval --lines`.  Skipped unless CHARRNN_SOAK=1."""
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ ARGS = ["--layers", "2", "--hidden", "24", "--batch-size", "4", "--seq-len", "16
 def test_soak(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(40_000, seed=11), encoding="utf-8")
-    iters = 400 * CYCLES
+    iters = 1000 * CYCLES           # about 1,000 iterations/s: never done before the kills
     args = [*ARGS, "--max-iters", str(iters)]
     ref = run_cli("train", corpus, "-o", tmp_path / "ref", *args, timeout=3600)
     assert ref.returncode == 0, ref.stderr
