@@ -14,7 +14,9 @@ The work of a layer, in every cell:
   input a gather of rows of a transposed copy of W_ih (refreshed at every forward pass,
   so it always reflects the current parameters);
 * per step ONE recurrent product (B, H) x (H, G*H) by numpy's BLAS into a preallocated
-  buffer, then ONE fused kernel (:mod:`charrnn.kernels.cells`) for the gates;
+  buffer, then ONE fused kernel (:mod:`charrnn.kernels.cells`) for the gates; with one
+  BLAS thread the steps of a chunk run as one call (:mod:`charrnn.kernels.steps`, the
+  products through numpy's own gemm), otherwise in a Python loop;
 * backward per step: one fused gate-gradient kernel and one (B, G*H) x (G*H, H) product
   for dh_{t-1}; then dW_hh and dW_ih as ONE product each over all T steps, bias gradients
   as sums, and dx (the gradient of the layer input) as one product.

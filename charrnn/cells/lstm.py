@@ -42,11 +42,6 @@ class LSTMLayer(Layer):
     def final_state(self, ws: Workspace) -> tuple:
         return (ws.hs[ws.T], ws.cs[ws.T])
 
-    # Kept for backward (s = bytes per element): h and c for T+1 steps and the four gate
-    # activations for T steps, which the forward kernel writes over the projection buffer
-    # xp (T, B, 4H) it has consumed; tanh(c_t) is recomputed in backward.  In all
-    # (2(T+1) + 4T) * B * H * s bytes; B=50, T=100, H=512, float32: 602 * 50 * 512 * 4 =
-    # 61.6 MB per layer.  Backward writes the pre-activation gradients over the gates.
     def _peep(self, ws: Workspace, p: LayerParams):
         return (p.peep, 1) if self.peepholes else (ws.nopeep, 0)
 
@@ -54,6 +49,11 @@ class LSTMLayer(Layer):
         super().forward_start(ws, p, state)
         ws.cs[0] = state[1]
 
+    # Kept for backward (s = bytes per element): h and c for T+1 steps and the four gate
+    # activations for T steps, which the forward kernel writes over the projection buffer
+    # xp (T, B, 4H) it has consumed; tanh(c_t) is recomputed in backward.  In all
+    # (2(T+1) + 4T) * B * H * s bytes; B=50, T=100, H=512, float32: 602 * 50 * 512 * 4 =
+    # 61.6 MB per layer.  Backward writes the pre-activation gradients over the gates.
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         self.project(ws, p, x, idx, t0, t1)
         peep, use_peep = self._peep(ws, p)

@@ -4,8 +4,9 @@ softmax cross-entropy kernels of the model's input and head.
 Dimension letters: B batch, T time, H hidden, V vocab, E embedding, G gates, N = T*B.
 
 Every step kernel does the element-wise work of ONE time step for the whole batch (a
-``prange`` loop over B): the matrix products are done by numpy's BLAS from Python,
-between kernel calls (see :mod:`charrnn.cells`).  Options (peepholes, GRU reset mode,
+``prange`` loop over B): the matrix products are done by numpy's BLAS between kernel
+calls, from Python or from the time loops of :mod:`charrnn.kernels.steps` (see
+:mod:`charrnn.cells`).  Options (peepholes, GRU reset mode,
 ReLU) are runtime arguments, so each kernel compiles once per dtype (float32, float64).
 
 Why ``jit`` and not ``pjit`` (measured, 2-layer 256-wide LSTM, B=T=50, float32, 2 cores):
