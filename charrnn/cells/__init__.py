@@ -102,13 +102,6 @@ class Layer:
             np.matmul(x[rows], p.w_ih.T, out=xp2)
             xp2 += p.b_ih
 
-    def recurrent_weights(self, ws: Workspace, p: LayerParams) -> None:
-        """ws.w_hh_t = W_hh^T (H, G*H) as a contiguous copy, refreshed at every forward
-        pass: the per-step product h_{t-1} W_hh^T then reads its weights row-major, which
-        OpenBLAS does faster than through the transposed view at B ~ 50 (measured: 126
-        vs 150 us per step, H=256, 2 threads)."""
-        np.copyto(ws.w_hh_t, p.w_hh.T)
-
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
         """dW_hh = sum_t dpre_t^T h_{t-1} as one product; db_hh = sum of dpre (the
         pre-activation gradients, left in ws.xp by the backward steps)."""
@@ -126,16 +119,19 @@ class Layer:
     # ------------------------------------------------------------------ interface
     # A pass over T steps is split so that the model can run it in chunks of steps and
     # overlap the layers (charrnn.model: layer k works on chunk c while layer k+1 works
-    # on chunk c-1).  forward = forward_start + forward_steps over [0, T); backward =
-    # backward_start + backward_steps over the chunks from the last + input_grad_rows
-    # per chunk (the dy of the layer below) + backward_finish (the weight gradients, as
-    # products over all T steps).
+    # on chunk c-1).  A forward pass is forward_start, then forward_steps over the chunks;
+    # a backward pass is backward_start, then backward_steps over the chunks from the
+    # last, each followed by input_grad_rows (the dy of the layer below), then
+    # backward_finish (the weight gradients, as products over all T steps).
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         """Sets h_0 (and c_0) from ``state`` (tuple of (B, H)) and refreshes the copies
         of the weights the steps read."""
         if self.onehot:
             np.copyto(ws.w_t, p.w_ih.T)
-        self.recurrent_weights(ws, p)
+        # W_hh^T as a contiguous copy: the per-step product h_{t-1} W_hh^T then reads its
+        # weights row-major, which OpenBLAS does faster than through the transposed view
+        # at B ~ 50 (measured: 126 vs 150 us per step, H=256, 2 threads)
+        np.copyto(ws.w_hh_t, p.w_hh.T)
         ws.hs[0] = state[0]
 
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
@@ -181,22 +177,6 @@ class Layer:
         else:
             np.matmul(dxp2.T, x, out=ws.dw_ih)
             g.w_ih += ws.dw_ih
-
-    def forward(self, ws: Workspace, p: LayerParams, x, idx, state: tuple):
-        """Runs T steps from ``state``; returns h_1..h_T as (T, B, H)."""
-        self.forward_start(ws, p, state)
-        self.forward_steps(ws, p, x, idx, 0, ws.T)
-        return ws.hs[1:]
-
-    def backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx,
-                 need_dx: bool):
-        """Accumulates the layer's gradients into ``g`` given dy (T, B, H), the gradient of
-        the loss w.r.t. h_1..h_T from above; returns dx (N, I) or None."""
-        self.backward_start(ws)
-        self.backward_steps(ws, p, dy, 0, ws.T)
-        dx = self.input_grad_rows(ws, p, 0, ws.T) if need_dx and not self.onehot else None
-        self.backward_finish(ws, p, g, x, idx)
-        return dx
 
 
 def make_layer(cfg, index: int) -> Layer:
