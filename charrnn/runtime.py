@@ -143,9 +143,10 @@ def _blas_libs() -> list:
 
 @contextlib.contextmanager
 def blas_single_thread():
-    """BLAS limited to one thread (per calling thread) for the duration: for code that
-    calls BLAS from several threads of its own (charrnn.pipeline).  A few microseconds:
-    the library controllers are looked up once."""
+    """BLAS limited to one thread for the duration (a process-wide setting: each thread
+    that calls BLAS then computes its product alone), for code that calls BLAS from
+    several threads of its own (charrnn.pipeline).  A few microseconds: the library
+    controllers are looked up once."""
     libs = _blas_libs()
     before = [lib.num_threads for lib in libs]
     single = _state.get("blas_single", False)

@@ -2,10 +2,10 @@
 
 The time loop of a layer is one product and one fused kernel per step.  Driven from
 Python that costs two calls per step (about 15 us at B=50, a fifth of a 2x128 LSTM's
-step) and holds the GIL around every product (numpy releases it only for large
-element-wise loops), so two layers cannot run at once in two threads.  With the BLAS
-``cblas_?gemm`` of the library numpy itself loaded, a numba kernel runs a whole chunk of
-steps, products included, in one call without the GIL (charrnn.kernels.steps).
+step), each needing the GIL to start, so two layer threads keep handing the GIL back
+and forth.  With the BLAS ``cblas_?gemm`` of the library numpy itself loaded, a numba
+kernel runs a whole chunk of steps, products included, in one call without the GIL
+(charrnn.kernels.steps).
 
 The function is found through threadpoolctl, which reports the file of the BLAS numpy
 loaded; its symbol names depend on the build (numpy >= 2 wheels: ``scipy_cblas_sgemm64_``
