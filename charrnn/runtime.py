@@ -3,8 +3,7 @@
 * ``configure_threads(n)`` gives numba's parallel kernels and numpy's BLAS the same
   thread count ``n`` (``--threads``, else ``CHARRNN_THREADS``, else all usable cores).
   The two never run at the same time (BLAS is called from Python between kernels, never
-  inside a ``prange`` body), so the cores are never oversubscribed; code that calls BLAS
-  from several threads of its own (the layer pipeline) uses :func:`blas_single_thread`.
+  inside a ``prange`` body), so the cores are never oversubscribed.
 * ``ensure_numba()`` points numba's cache at a user cache directory when the package
   directory is not writable, and prints one line on stderr the first time kernels
   compile on this machine.
@@ -20,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ConfigError
 
-_state = {"numba_ready": False, "threads": None, "blas_limiter": None, "blas_single": False}
+_state = {"numba_ready": False, "threads": None, "blas_limiter": None}
 
 
 def user_cache_dir() -> Path:
@@ -115,16 +114,14 @@ def configure_threads(n: int | None) -> int:
     n_numba = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n_numba)
     _state["blas_limiter"] = threadpool_limits(limits=n, user_api="blas")
-    _state["blas_single"] = n == 1
     return n
 
 
-def blas_is_single_threaded() -> bool:
-    """True while BLAS runs on one thread (``--threads 1``, or inside
-    :func:`blas_single_thread`)."""
-    if _state["threads"] is None:
-        configure_threads(None)
-    return _state["blas_single"]
+def numba_threads() -> int:
+    """numba's thread count in this thread (set by :func:`configure_threads`)."""
+    threads()
+    import numba
+    return numba.get_num_threads()
 
 
 def threads() -> int:
@@ -133,29 +130,3 @@ def threads() -> int:
     return _state["threads"]
 
 
-def _blas_libs() -> list:
-    if _state.get("blas_libs") is None:
-        from threadpoolctl import ThreadpoolController
-
-        _state["blas_libs"] = ThreadpoolController().select(user_api="blas").lib_controllers
-    return _state["blas_libs"]
-
-
-@contextlib.contextmanager
-def blas_single_thread():
-    """BLAS limited to one thread for the duration (a process-wide setting: each thread
-    that calls BLAS then computes its product alone), for code that calls BLAS from
-    several threads of its own (charrnn.pipeline).  A few microseconds: the library
-    controllers are looked up once."""
-    libs = _blas_libs()
-    before = [lib.num_threads for lib in libs]
-    single = _state.get("blas_single", False)
-    for lib in libs:
-        lib.set_num_threads(1)
-    _state["blas_single"] = True
-    try:
-        yield
-    finally:
-        for lib, n in zip(libs, before):
-            lib.set_num_threads(n)
-        _state["blas_single"] = single

@@ -13,13 +13,14 @@ The work of a layer, in every cell:
 * the input projection of all T steps as ONE product (N, I) x (I, G*H), or for one-hot
   input a gather of rows of a transposed copy of W_ih (refreshed at every forward pass,
   so it always reflects the current parameters);
-* per step ONE recurrent product (B, H) x (H, G*H) by numpy's BLAS into a preallocated
-  buffer, then ONE fused kernel (:mod:`charrnn.kernels.cells`) for the gates; with one
-  BLAS thread the steps of a chunk run as one call (:mod:`charrnn.kernels.steps`, the
-  products through numpy's own gemm), otherwise in a Python loop;
+* per step ONE recurrent product (B, H) x (H, G*H) into a preallocated buffer, then ONE
+  fused kernel (:mod:`charrnn.kernels.cells`) for the gates; the steps of a chunk run as
+  one numba call (:mod:`charrnn.kernels.steps`), the products by the packed-weight kernel
+  of :mod:`charrnn.kernels.packed` from W_hh packed once per pass;
 * backward per step: one fused gate-gradient kernel and one (B, G*H) x (G*H, H) product
-  for dh_{t-1}; then dW_hh and dW_ih as ONE product each over all T steps, bias gradients
-  as sums, and dx (the gradient of the layer input) as one product.
+  for dh_{t-1} (W_hh packed once per backward pass); then dW_hh and dW_ih as ONE product
+  each over all T steps (numpy's BLAS), bias gradients as sums, and dx (the gradient of
+  the layer input) as one product.
 
 The GRU with ``gru_reset="before"`` needs r before its recurrent product for n, so it
 does two products and two kernel calls per step (documented in :mod:`charrnn.cells.gru`).
@@ -30,7 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import runtime
 from ..kernels import cells as K
+from ..kernels.packed import matmul, packed, packed_shape
+
+#: fewest batch rows a thread of a time loop gets (each thread streams all of W_hh per
+#: step, so a thread with very few rows would mostly move weights)
+ROWS_PER_THREAD = 8
 
 
 @dataclass
@@ -74,13 +81,16 @@ class Layer:
         ws.hs = np.empty((T + 1, B, H), dtype)       # (T+1, B, H) h_0 .. h_T
         ws.zeros = np.zeros((B, H), dtype)           # (B, H) dh coming from beyond step T
         ws.dh_mm = np.empty((B, H), dtype)           # (B, H) d(pre)_{t+1} W_hh
-        ws.w_hh_t = np.empty((H, G * H), dtype)      # (H, G*H) W_hh^T, contiguous
+        ws.wp_f = self._packed_forward(dtype)        # W_hh^T (H, G*H), packed
+        ws.wp_b = None                               # W_hh (G*H, H), packed at backward
         ws.dw_hh = np.empty((G * H, H), dtype)       # (G*H, H) product before +=
         ws.db = np.empty((G * H,), dtype)            # (G*H,) bias sum before +=
         if self.onehot:
             ws.w_t = np.empty((self.V, G * H), dtype)    # (V, G*H) W_ih^T, gathered by row
             ws.dw_t = np.empty((self.V, G * H), dtype)   # (V, G*H) scatter target
         else:
+            ws.wp_ih = np.empty(packed_shape(I, G * H, dtype), dtype)  # W_ih^T, packed
+            ws.wp_ihb = None                         # W_ih (G*H, I) packed, at backward
             ws.dw_ih = np.empty((G * H, I), dtype)   # (G*H, I)
             ws.dx = None                             # (N, I) dL/dx, at the first backward
         self._workspace(ws, B, T, dtype)
@@ -88,6 +98,25 @@ class Layer:
 
     def _workspace(self, ws: Workspace, B: int, T: int, dtype) -> None:
         """Cell-specific buffers."""
+
+    def _packed_forward(self, dtype):
+        """Buffer of the packed W_hh^T (P, H, NR) that the forward steps read."""
+        return np.empty(packed_shape(self.H, self.G * self.H, dtype), dtype)
+
+    def _pack_forward(self, ws: Workspace, p: LayerParams) -> None:
+        packed(p.w_hh.T, ws.wp_f)
+
+    @staticmethod
+    def _run(ws: Workspace, steps, rows, *args) -> None:
+        """Runs a time loop of :mod:`charrnn.kernels.steps`: ``steps(nth, *args)`` over
+        ``nth`` row ranges of the batch in numba's threads, or ``rows(0, B, *args)`` in
+        this thread (with one thread, or for a batch too small to give each thread
+        ROWS_PER_THREAD rows)."""
+        nth = max(1, min(runtime.numba_threads(), ws.B // ROWS_PER_THREAD))
+        if nth > 1:
+            steps(nth, *args)
+        else:
+            rows(0, ws.B, *args)
 
     # ------------------------------------------------------------------ helpers
     def project(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
@@ -99,8 +128,7 @@ class Layer:
         if self.onehot:
             K._gather_rows(ws.w_t, idx[rows], p.b_ih, xp2)
         else:
-            np.matmul(x[rows], p.w_ih.T, out=xp2)
-            xp2 += p.b_ih
+            matmul(x[rows], ws.wp_ih, xp2, bias=p.b_ih, threads=runtime.numba_threads())
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
         """dW_hh = sum_t dpre_t^T h_{t-1} as one product; db_hh = sum of dpre (the
@@ -125,22 +153,25 @@ class Layer:
     # backward_finish (the weight gradients, as products over all T steps).
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         """Sets h_0 (and c_0) from ``state`` (tuple of (B, H)) and refreshes the copies
-        of the weights the steps read."""
+        of the weights the steps read (packed, :mod:`charrnn.kernels.packed`)."""
         if self.onehot:
             np.copyto(ws.w_t, p.w_ih.T)
-        # W_hh^T as a contiguous copy: the per-step product h_{t-1} W_hh^T then reads its
-        # weights row-major, which OpenBLAS does faster than through the transposed view
-        # at B ~ 50 (measured: 126 vs 150 us per step, H=256, 2 threads)
-        np.copyto(ws.w_hh_t, p.w_hh.T)
+        else:
+            packed(p.w_ih.T, ws.wp_ih)
+        self._pack_forward(ws, p)
         ws.hs[0] = state[0]
 
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         """Steps t0..t1-1 (h_t into ws.hs[t+1]); x rows of steps t0..t1-1 must be ready."""
         raise TypeError(f"{type(self).__name__} does not define forward_steps")
 
-    def backward_start(self, ws: Workspace) -> None:
-        """Zero gradient flowing in from beyond step T."""
+    def backward_start(self, ws: Workspace, p: LayerParams) -> None:
+        """Zero gradient flowing in from beyond step T; W_hh and W_ih packed for the
+        steps and the input gradient."""
         ws.dh_next = ws.zeros
+        ws.wp_b = packed(p.w_hh, ws.wp_b)
+        if not self.onehot:
+            ws.wp_ihb = packed(p.w_ih, ws.wp_ihb)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         """Steps t1-1 down to t0, given dy (T, B, H) (rows t0..t1-1 ready): the
@@ -160,7 +191,7 @@ class Layer:
         B = ws.B
         dxp2 = ws.xp[t0:t1].reshape((t1 - t0) * B, self.G * self.H)   # (n, G*H)
         out = self.dx_buffer(ws)[t0 * B:t1 * B]                     # (n, I)
-        np.matmul(dxp2, p.w_ih, out=out)
+        matmul(dxp2, ws.wp_ihb, out, threads=runtime.numba_threads())
         return out
 
     def backward_finish(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx) -> None:

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import blas
-from ..kernels import cells as K
 from ..kernels import steps as S
+from ..kernels.packed import packed, packed_shape
 from . import Layer, LayerParams, Workspace
 
 
@@ -45,65 +44,42 @@ class GRULayer(Layer):
     # steps: ((T+1) + 4T) * B * H * s bytes; B=50, T=50, H=256, float32:
     # 251 * 50 * 256 * 4 = 12.9 MB per layer (plus the (T, B, 3H) projection buffer,
     # 7.7 MB, reused for the pre-activation gradients, and 7.7 MB for dhh in backward).
-    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+    def _packed_forward(self, dtype):
+        """W_hh^T (H, 3H) packed; with reset "before" its r, z columns (H, 2H) only, the
+        n columns (H, H) going to ws.wp_n (see _workspace)."""
         H = self.H
-        self.project(ws, p, x, idx, t0, t1)
-        xp, hs, gates, aux, w_hh_t = ws.xp, ws.hs, ws.gates, ws.aux, ws.w_hh_t  # w: (H, 3H)
-        gemm = blas.gemm(xp.dtype)
-        if gemm is not None:
-            hh, hn = (ws.hrz, ws.hn) if self.before else (ws.hh, ws.hh)
-            S._gru_forward_steps(gemm, self.before, t0, t1, xp, w_hh_t, p.b_hh, hs, gates,
-                                 aux, hh, hn)
-            return
-        # the same steps, driven from Python
-        if not self.before:
-            for t in range(t0, t1):
-                np.matmul(hs[t], w_hh_t, out=ws.hh)             # (B, 3H)
-                K._gru_forward_step(0, xp[t], ws.hh, p.b_hh, hs[t], hs[t + 1], gates[t], aux[t])
-            return
-        w_rz_t = w_hh_t[:, :2 * H]                  # (H, 2H) view, row stride 3H
-        w_n_t = w_hh_t[:, 2 * H:]                   # (H, H) view, row stride 3H
-        for t in range(t0, t1):
-            np.matmul(hs[t], w_rz_t, out=ws.hrz)                # (B, 2H)
-            K._gru_forward_step(1, xp[t], ws.hrz, p.b_hh, hs[t], hs[t + 1], gates[t], aux[t])
-            np.matmul(aux[t], w_n_t, out=ws.hn)                 # (B, H)
-            K._gru_forward_step(2, xp[t], ws.hn, p.b_hh, hs[t], hs[t + 1], gates[t], aux[t])
+        return np.empty(packed_shape(H, (2 if self.before else 3) * H, dtype), dtype)
 
-    def backward_start(self, ws: Workspace) -> None:
-        super().backward_start(ws)
+    def _pack_forward(self, ws: Workspace, p: LayerParams) -> None:
+        H = self.H
+        w_t = p.w_hh.T                              # (H, 3H) view
+        if not self.before:
+            packed(w_t, ws.wp_f)
+            return
+        packed(w_t[:, :2 * H], ws.wp_f)
+        ws.wp_n = packed(w_t[:, 2 * H:], getattr(ws, "wp_n", None))
+
+    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+        self.project(ws, p, x, idx, t0, t1)
+        if self.before:
+            hh, hn, wp_n = ws.hrz, ws.hn, ws.wp_n
+        else:
+            hh, hn, wp_n = ws.hh, ws.hh, ws.wp_f
+        self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1, ws.xp,
+                  ws.wp_f, wp_n, p.b_hh, ws.hs, ws.gates, ws.aux, hh, hn)
+
+    def backward_start(self, ws: Workspace, p: LayerParams) -> None:
+        super().backward_start(ws, p)
         ws.dh_dir.fill(0)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
-        H = self.H
         dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
-        gemm = blas.gemm(dxp.dtype)
-        if gemm is not None:
-            drh = ws.drh if self.before else ws.dh_mm
-            S._gru_backward_steps(gemm, self.before, t0, t1, dy, ws.dh_next, ws.dh_mm,
-                                  ws.dh_dir, ws.gates, ws.aux, ws.hs, dxp, dhh, p.w_hh, drh)
-            if t0 > 0:
-                ws.dh_next = ws.dh_mm
-            return
-        # the same steps, driven from Python
-        if not self.before:
-            for t in range(t1 - 1, t0 - 1, -1):
-                K._gru_backward_step(0, dy[t], ws.dh_next, ws.dh_dir, ws.gates[t], ws.aux[t],
-                                     ws.hs[t], dxp[t], dhh[t])
-                if t > 0:
-                    np.matmul(dhh[t], p.w_hh, out=ws.dh_mm)     # (B, H)
-                    ws.dh_next = ws.dh_mm
-            return
-        w_rz = p.w_hh[:2 * H]                       # (2H, H) view
-        w_n = p.w_hh[2 * H:]                        # (H, H) view
-        for t in range(t1 - 1, t0 - 1, -1):
-            K._gru_backward_step(1, dy[t], ws.dh_next, ws.dh_dir, ws.gates[t], ws.aux[t],
-                                 ws.hs[t], dxp[t], dhh[t])
-            np.matmul(dhh[t][:, 2 * H:], w_n, out=ws.drh)       # (B, H)
-            K._gru_backward_step(2, dy[t], ws.drh, ws.dh_dir, ws.gates[t], ws.aux[t],
-                                 ws.hs[t], dxp[t], dhh[t])
-            if t > 0:
-                np.matmul(dhh[t][:, :2 * H], w_rz, out=ws.dh_mm)  # (B, H)
-                ws.dh_next = ws.dh_mm
+        drh = ws.drh if self.before else ws.dh_mm
+        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1, dy,
+                  ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux, ws.hs, dxp, dhh, ws.wp_b,
+                  drh)
+        if t0 > 0:
+            ws.dh_next = ws.dh_mm
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
         """dW_hh, db_hh from dhh; with reset "before", dW_hr and dW_hz pair with h_{t-1}

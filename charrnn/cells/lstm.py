@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import blas
-from ..kernels import cells as K
 from ..kernels import steps as S
 from . import Layer, LayerParams, Workspace
 
@@ -57,39 +55,22 @@ class LSTMLayer(Layer):
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         self.project(ws, p, x, idx, t0, t1)
         peep, use_peep = self._peep(ws, p)
-        xp, hs, cs, tc, hh, w_hh_t = ws.xp, ws.hs, ws.cs, ws.tc, ws.hh, ws.w_hh_t
-        gemm = blas.gemm(xp.dtype)
-        if gemm is not None:
-            S._lstm_forward_steps(gemm, t0, t1, xp, w_hh_t, p.b_hh, peep, use_peep, hs, cs,
-                                  hh, tc)
-            return
-        for t in range(t0, t1):                     # the same steps, driven from Python
-            np.matmul(hs[t], w_hh_t, out=hh)                 # (B, 4H)
-            K._lstm_forward_step(xp[t], hh, p.b_hh, peep, use_peep, cs[t], hs[t + 1],
-                                 cs[t + 1], xp[t], tc)
+        self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1, ws.xp, ws.wp_f,
+                  p.b_hh, peep, use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
 
-    def backward_start(self, ws: Workspace) -> None:
-        super().backward_start(ws)
+    def backward_start(self, ws: Workspace, p: LayerParams) -> None:
+        super().backward_start(ws, p)
         ws.dc.fill(0)
         if self.peepholes:
             ws.dpeep.fill(0)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
-        gates = dpre = ws.xp                        # (T, B, 4H) gates in, their gradients out
+        dpre = ws.xp                                # (T, B, 4H) gates in, their gradients out
         peep, use_peep = self._peep(ws, p)
-        gemm = blas.gemm(dpre.dtype)
-        if gemm is not None:
-            S._lstm_backward_steps(gemm, t0, t1, dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs,
-                                   ws.tc, p.w_hh, peep, use_peep, ws.dpeep)
-            if t0 > 0:
-                ws.dh_next = ws.dh_mm
-            return
-        for t in range(t1 - 1, t0 - 1, -1):         # the same steps, driven from Python
-            K._lstm_backward_step(dy[t], ws.dh_next, ws.dc, gates[t], ws.cs[t], ws.cs[t + 1],
-                                  ws.tc, peep, use_peep, dpre[t], ws.dpeep)
-            if t > 0:
-                np.matmul(dpre[t], p.w_hh, out=ws.dh_mm)     # (B, H)
-                ws.dh_next = ws.dh_mm
+        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1, dy, ws.dh_next,
+                  ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc, ws.wp_b, peep, use_peep, ws.dpeep)
+        if t0 > 0:
+            ws.dh_next = ws.dh_mm
 
     def backward_finish(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx) -> None:
         if self.peepholes:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import blas
-from ..kernels import cells as K
 from ..kernels import steps as S
 from . import Layer, LayerParams, Workspace
 
@@ -28,26 +26,12 @@ class RNNLayer(Layer):
     # buffer, 2.6 MB, reused for the pre-activation gradients).
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         self.project(ws, p, x, idx, t0, t1)
-        xp, hs, hh, w_hh_t = ws.xp, ws.hs, ws.hh, ws.w_hh_t
-        gemm = blas.gemm(xp.dtype)
-        if gemm is not None:
-            S._rnn_forward_steps(gemm, self.relu, t0, t1, xp, w_hh_t, p.b_hh, hs, hh)
-            return
-        for t in range(t0, t1):                     # the same steps, driven from Python
-            np.matmul(hs[t], w_hh_t, out=hh)                 # (B, H)
-            K._rnn_forward_step(self.relu, xp[t], hh, p.b_hh, hs[t + 1])
+        self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, self.relu, t0, t1, ws.xp,
+                  ws.wp_f, p.b_hh, ws.hs, ws.hh)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
-        gemm = blas.gemm(dpre.dtype)
-        if gemm is not None:
-            S._rnn_backward_steps(gemm, self.relu, t0, t1, dy, ws.dh_next, ws.dh_mm, ws.hs,
-                                  dpre, p.w_hh)
-            if t0 > 0:
-                ws.dh_next = ws.dh_mm
-            return
-        for t in range(t1 - 1, t0 - 1, -1):         # the same steps, driven from Python
-            K._rnn_backward_step(self.relu, dy[t], ws.dh_next, ws.hs[t + 1], dpre[t])
-            if t > 0:
-                np.matmul(dpre[t], p.w_hh, out=ws.dh_mm)     # (B, H)
-                ws.dh_next = ws.dh_mm
+        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, dy,
+                  ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.wp_b)
+        if t0 > 0:
+            ws.dh_next = ws.dh_mm

@@ -3,20 +3,11 @@ softmax cross-entropy kernels of the model's input and head.
 
 Dimension letters: B batch, T time, H hidden, V vocab, E embedding, G gates, N = T*B.
 
-Every step kernel does the element-wise work of ONE time step for the whole batch (a
-``prange`` loop over B): the matrix products are done by numpy's BLAS between kernel
-calls, from Python or from the time loops of :mod:`charrnn.kernels.steps` (see
-:mod:`charrnn.cells`).  Options (peepholes, GRU reset mode,
-ReLU) are runtime arguments, so each kernel compiles once per dtype (float32, float64).
-
-Why ``jit`` and not ``pjit`` (measured, 2-layer 256-wide LSTM, B=T=50, float32, 2 cores):
-a step kernel takes ~35 us serial and the same in parallel (too little work per call to
-gain from a second thread), and with numba's OpenMP layer its worker threads spin after
-each kernel while OpenBLAS's threads run the next product: the two thread pools fight
-for the 2 cores and a batch took 890 ms instead of 48 ms (60 ms with the workqueue
-layer).  Serial kernels leave both cores to BLAS, which does 85% of the work.  The
-``prange`` loops stay, so a build with a non-spinning threading layer can switch the
-decorator back to ``pjit``.
+Every step kernel does the element-wise work of ONE time step for a block of batch rows
+(a loop over them): the recurrent product comes before it, from the time loops of
+:mod:`charrnn.kernels.steps`, which also split the batch between threads.  Options
+(peepholes, GRU reset mode, ReLU) are runtime arguments, so each kernel compiles once per
+dtype (float32, float64).
 
 Conventions of the step kernels:
 

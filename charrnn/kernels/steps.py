@@ -1,11 +1,22 @@
 """Time loops: a chunk of steps of one layer in ONE kernel call, products included.
 
-Each step is the recurrent product (through numpy's own BLAS ``gemm``, passed in as
-``gemm``: see :mod:`charrnn.kernels.blas`) and the fused step kernel of
-:mod:`charrnn.kernels.cells`, exactly the two calls the Python loop of
-:mod:`charrnn.cells` makes per step, in the same order on the same buffers, so both paths
-give the same numbers.  Here there is no interpreter between the steps and no GIL (the
-kernels are ``nogil``), which lets the layer pipeline run layers in parallel threads.
+Each step is the recurrent product, made by the packed-weight kernel of
+:mod:`charrnn.kernels.packed` from the weights the layer packed at the start of the pass,
+and the fused step kernel of :mod:`charrnn.kernels.cells`, with no interpreter between
+the steps.
+
+Threads split the batch.  The recurrence of one sequence never reads another's, so
+``*_rows`` runs the steps of rows b0..b1-1 alone, and ``*_steps`` with ``nth`` > 1 runs
+``nth`` row ranges at once in numba's threads, each thread through all the steps of the
+chunk with no barrier between steps.  Each thread streams all of W_hh every step
+(from its core's cache), which the packed kernel does at full speed for M = B/nth rows.
+The numbers do not depend on ``nth``: every product element is the same chain of fused
+multiply-adds and the step kernels are per row.
+
+Packed weights: ``wp_f`` is W_hh^T (H, G*H) packed, for h_{t-1} W_hh^T; ``wp_b`` is W_hh
+(G*H, H) packed, for d(pre)_t W_hh.  The GRU with reset "before" packs the r, z columns
+(``wp_f``) and the n columns (``wp_n``) of W_hh^T apart, and uses row ranges of ``wp_b``
+(a slice along K of a packed matrix is the packed slice).
 
 Dimension letters: B batch, H hidden, G gates; arrays are time-major (T, B, .).
 Backward kernels take ``dh_in`` (B, H), the gradient reaching h_{t1-1} through the
@@ -14,98 +25,149 @@ recurrence from the chunk after, and leave the one for the chunk before in ``dh_
 """
 from __future__ import annotations
 
-from ._jit import jit
+from numba import prange
+
+from ._jit import jit, pjit
 from .cells import (_gru_backward_step, _gru_forward_step, _lstm_backward_step,
                     _lstm_forward_step, _rnn_backward_step, _rnn_forward_step)
-
-ROW_MAJOR, NO_TRANS = 101, 111
-
-
-@jit
-def _mm(gemm, a, b, c):
-    """c = a @ b for row-major 2-D arrays whose rows are contiguous (any row stride)."""
-    M, K = a.shape
-    N = b.shape[1]
-    one = c.dtype.type(1)
-    zero = c.dtype.type(0)
-    gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, one, a.ctypes.data, a.strides[0] // a.itemsize,
-         b.ctypes.data, b.strides[0] // b.itemsize, zero, c.ctypes.data,
-         c.strides[0] // c.itemsize)
-
+from .packed import _mm_serial as _mm
 
 # ---------------------------------------------------------------- LSTM
 
+
 @jit
-def _lstm_forward_steps(gemm, t0, t1, xp, w_hh_t, b_hh, peep, use_peep, hs, cs, hh, tc):
+def _lstm_forward_rows(r0, r1, t0, t1, xp, wp_f, b_hh, peep, use_peep, hs, cs, hh, tc):
+    r = slice(r0, r1)
     for t in range(t0, t1):
-        _mm(gemm, hs[t], w_hh_t, hh)                                   # (B, 4H)
-        _lstm_forward_step(xp[t], hh, b_hh, peep, use_peep, cs[t], hs[t + 1], cs[t + 1],
-                           xp[t], tc)
+        _mm(hs[t][r], wp_f, hh[r])                                     # (b, 4H)
+        _lstm_forward_step(xp[t][r], hh[r], b_hh, peep, use_peep, cs[t][r], hs[t + 1][r],
+                           cs[t + 1][r], xp[t][r], tc[r])
+
+
+@pjit
+def _lstm_forward_steps(nth, t0, t1, xp, wp_f, b_hh, peep, use_peep, hs, cs, hh, tc):
+    B = hs.shape[1]
+    for i in prange(nth):
+        _lstm_forward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, xp, wp_f, b_hh, peep,
+                           use_peep, hs, cs, hh, tc)
 
 
 @jit
-def _lstm_backward_steps(gemm, t0, t1, dy, dh_in, dh_mm, dc, dpre, cs, tc, w_hh, peep,
-                         use_peep, dpeep):
-    dh = dh_in
+def _lstm_backward_rows(r0, r1, t0, t1, dy, dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep,
+                        use_peep, dpeep):
+    r = slice(r0, r1)
+    dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
-        _lstm_backward_step(dy[t], dh, dc, dpre[t], cs[t], cs[t + 1], tc, peep, use_peep,
-                            dpre[t], dpeep)
+        _lstm_backward_step(dy[t][r], dh, dc[r], dpre[t][r], cs[t][r], cs[t + 1][r], tc[r],
+                            peep, use_peep, dpre[t][r], dpeep[r])
         if t > 0:
-            _mm(gemm, dpre[t], w_hh, dh_mm)                            # (B, H)
-            dh = dh_mm
+            _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
+            dh = dh_mm[r]
+
+
+@pjit
+def _lstm_backward_steps(nth, t0, t1, dy, dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep,
+                         use_peep, dpeep):
+    B = dc.shape[0]
+    for i in prange(nth):
+        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, dy, dh_in, dh_mm, dc,
+                            dpre, cs, tc, wp_b, peep, use_peep, dpeep)
 
 
 # ---------------------------------------------------------------- GRU
 
 @jit
-def _gru_forward_steps(gemm, before, t0, t1, xp, w_hh_t, b_hh, hs, gates, aux, hh, hn):
-    """after: hh (B, 3H), hn unused; before: hh (B, 2H) for r, z and hn (B, H) for n."""
-    H = hs.shape[2]
+def _gru_forward_rows(r0, r1, before, t0, t1, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh, hn):
+    """after: hh (B, 3H), hn and wp_n unused; before: hh (B, 2H) for r, z and hn (B, H)
+    for n."""
+    r = slice(r0, r1)
     for t in range(t0, t1):
         if not before:
-            _mm(gemm, hs[t], w_hh_t, hh)                               # (B, 3H)
-            _gru_forward_step(0, xp[t], hh, b_hh, hs[t], hs[t + 1], gates[t], aux[t])
+            _mm(hs[t][r], wp_f, hh[r])                                 # (b, 3H)
+            _gru_forward_step(0, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
+                              aux[t][r])
         else:
-            _mm(gemm, hs[t], w_hh_t[:, :2 * H], hh)                    # (B, 2H)
-            _gru_forward_step(1, xp[t], hh, b_hh, hs[t], hs[t + 1], gates[t], aux[t])
-            _mm(gemm, aux[t], w_hh_t[:, 2 * H:], hn)                   # (B, H)
-            _gru_forward_step(2, xp[t], hn, b_hh, hs[t], hs[t + 1], gates[t], aux[t])
+            _mm(hs[t][r], wp_f, hh[r])                                 # (b, 2H)
+            _gru_forward_step(1, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
+                              aux[t][r])
+            _mm(aux[t][r], wp_n, hn[r])                                # (b, H)
+            _gru_forward_step(2, xp[t][r], hn[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
+                              aux[t][r])
+
+
+@pjit
+def _gru_forward_steps(nth, before, t0, t1, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh, hn):
+    B = hs.shape[1]
+    for i in prange(nth):
+        _gru_forward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, xp, wp_f, wp_n,
+                          b_hh, hs, gates, aux, hh, hn)
 
 
 @jit
-def _gru_backward_steps(gemm, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, aux, hs,
-                        dxp, dhh, w_hh, drh):
+def _gru_backward_rows(r0, r1, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, aux, hs,
+                       dxp, dhh, wp_b, drh):
     H = hs.shape[2]
-    dh = dh_in
+    r = slice(r0, r1)
+    dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         if not before:
-            _gru_backward_step(0, dy[t], dh, dh_dir, gates[t], aux[t], hs[t], dxp[t], dhh[t])
+            _gru_backward_step(0, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r], hs[t][r],
+                               dxp[t][r], dhh[t][r])
             if t > 0:
-                _mm(gemm, dhh[t], w_hh, dh_mm)                         # (B, H)
-                dh = dh_mm
+                _mm(dhh[t][r], wp_b, dh_mm[r])                         # (b, H)
+                dh = dh_mm[r]
         else:
-            _gru_backward_step(1, dy[t], dh, dh_dir, gates[t], aux[t], hs[t], dxp[t], dhh[t])
-            _mm(gemm, dhh[t][:, 2 * H:], w_hh[2 * H:], drh)            # (B, H)
-            _gru_backward_step(2, dy[t], drh, dh_dir, gates[t], aux[t], hs[t], dxp[t], dhh[t])
+            _gru_backward_step(1, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r], hs[t][r],
+                               dxp[t][r], dhh[t][r])
+            _mm(dhh[t][r, 2 * H:], wp_b[:, 2 * H:], drh[r])            # (b, H)
+            _gru_backward_step(2, dy[t][r], drh[r], dh_dir[r], gates[t][r], aux[t][r],
+                               hs[t][r], dxp[t][r], dhh[t][r])
             if t > 0:
-                _mm(gemm, dhh[t][:, :2 * H], w_hh[:2 * H], dh_mm)      # (B, H)
-                dh = dh_mm
+                _mm(dhh[t][r, :2 * H], wp_b[:, :2 * H], dh_mm[r])      # (b, H)
+                dh = dh_mm[r]
+
+
+@pjit
+def _gru_backward_steps(nth, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, aux, hs,
+                        dxp, dhh, wp_b, drh):
+    B = hs.shape[1]
+    for i in prange(nth):
+        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, dy, dh_in,
+                           dh_mm, dh_dir, gates, aux, hs, dxp, dhh, wp_b, drh)
 
 
 # ---------------------------------------------------------------- Elman RNN
 
 @jit
-def _rnn_forward_steps(gemm, relu, t0, t1, xp, w_hh_t, b_hh, hs, hh):
+def _rnn_forward_rows(r0, r1, relu, t0, t1, xp, wp_f, b_hh, hs, hh):
+    r = slice(r0, r1)
     for t in range(t0, t1):
-        _mm(gemm, hs[t], w_hh_t, hh)                                   # (B, H)
-        _rnn_forward_step(relu, xp[t], hh, b_hh, hs[t + 1])
+        _mm(hs[t][r], wp_f, hh[r])                                     # (b, H)
+        _rnn_forward_step(relu, xp[t][r], hh[r], b_hh, hs[t + 1][r])
+
+
+@pjit
+def _rnn_forward_steps(nth, relu, t0, t1, xp, wp_f, b_hh, hs, hh):
+    B = hs.shape[1]
+    for i in prange(nth):
+        _rnn_forward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, xp, wp_f, b_hh,
+                          hs, hh)
 
 
 @jit
-def _rnn_backward_steps(gemm, relu, t0, t1, dy, dh_in, dh_mm, hs, dpre, w_hh):
-    dh = dh_in
+def _rnn_backward_rows(r0, r1, relu, t0, t1, dy, dh_in, dh_mm, hs, dpre, wp_b):
+    r = slice(r0, r1)
+    dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
-        _rnn_backward_step(relu, dy[t], dh, hs[t + 1], dpre[t])
+        _rnn_backward_step(relu, dy[t][r], dh, hs[t + 1][r], dpre[t][r])
         if t > 0:
-            _mm(gemm, dpre[t], w_hh, dh_mm)                            # (B, H)
-            dh = dh_mm
+            _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
+            dh = dh_mm[r]
+
+
+@pjit
+def _rnn_backward_steps(nth, relu, t0, t1, dy, dh_in, dh_mm, hs, dpre, wp_b):
+    B = hs.shape[1]
+    for i in prange(nth):
+        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, dy, dh_in, dh_mm,
+                           hs, dpre, wp_b)

@@ -1,0 +1,80 @@
+"""charrnn.kernels.packed: the packed-weight product against numpy in float64, for every
+tile height, narrow last panels, strided and transposed inputs, a bias, and threads
+(which must not change a bit)."""
+import numpy as np
+import pytest
+
+from charrnn.kernels import packed as P
+
+
+def _ref(a, w, bias=None):
+    out = a.astype(np.float64) @ w.astype(np.float64)
+    return out if bias is None else out + bias
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_tile_height_and_panel_width(dtype):
+    rng = np.random.default_rng(0)
+    nr = P.panel_width(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for M in range(1, 2 * P.MR + 3):
+        for N in (1, nr - 1, nr, nr + 3, 3 * nr):
+            K = 1 + (M * 7 + N) % 19
+            a = rng.standard_normal((M, K)).astype(dtype)
+            w = rng.standard_normal((K, N)).astype(dtype)
+            out = np.full((M, N), np.nan, dtype)
+            P.matmul(a, P.packed(w), out)
+            np.testing.assert_allclose(out, _ref(a, w), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_inputs_bias_and_threads(dtype):
+    rng = np.random.default_rng(1)
+    M, K, N = 450, 37, 70                          # > 2 row blocks, a narrow last panel
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((N, K)).astype(dtype).T          # transposed view (K, N)
+    b = rng.standard_normal(N).astype(dtype)
+    wp = P.packed(w)
+    np.testing.assert_array_equal(wp, P.packed(np.ascontiguousarray(w)))
+    one = P.matmul(a, wp, np.empty((M, N), dtype), bias=b)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(one, _ref(a, w, b), rtol=tol, atol=tol)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(
+            P.matmul(a, wp, np.empty((M, N), dtype), bias=b, threads=threads), one)
+    at = np.asfortranarray(a)                                   # columns contiguous
+    np.testing.assert_array_equal(P.matmul(at, wp, np.empty((M, N), dtype), bias=b), one)
+    wide = np.zeros((M, N + 5), dtype)                         # out rows with a stride
+    P.matmul(a[:, :K], wp, wide[:, :N], bias=b)
+    np.testing.assert_array_equal(wide[:, :N], one)
+    assert not wide[:, N:].any()
+
+
+def test_packed_layout_and_padding():
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)           # K=3, N=4
+    wp = P.packed(w)
+    nr = P.panel_width(np.float32)
+    assert wp.shape == (1, 3, nr) == P.packed_shape(3, 4, np.float32)
+    np.testing.assert_array_equal(wp[0, :, :4], w)
+    assert not wp[0, :, 4:].any()
+    full = np.arange(3 * 2 * nr, dtype=np.float32).reshape(3, 2 * nr)
+    np.testing.assert_array_equal(P.packed(full)[1], full[:, nr:])
+
+
+def test_empty_reduction_and_errors():
+    a = np.ones((4, 0), np.float32)
+    out = np.full((4, 3), np.nan, np.float32)
+    P.matmul(a, P.packed(np.ones((0, 3), np.float32)), out, bias=np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(out, np.tile(np.arange(3, dtype=np.float32), (4, 1)))
+    wp = P.packed(np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        P.matmul(np.ones((4, 6), np.float32), wp, np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="dtypes differ"):
+        P.matmul(np.ones((4, 5)), wp, np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match="bias must be"):
+        P.matmul(np.ones((4, 5), np.float32), wp, np.empty((4, 3), np.float32),
+                 bias=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        P.matmul(np.ones((4, 5), np.float32), wp, np.empty((3, 4), np.float32).T)
+    with pytest.raises(ValueError, match="2-D float32 or float64"):
+        P.packed(np.ones((2, 2), np.int64))
