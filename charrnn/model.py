@@ -329,9 +329,7 @@ class Model:
 
         def work(k: int, t0: int, t1: int) -> None:
             layer, ws = self._layers[k], buf.layers[k]
-            layer.backward_steps(ws, self._lp[k], dy[k], t0, t1)
-            if k > 0 or c.embed_size > 0:
-                layer.input_grad_rows(ws, self._lp[k], t0, t1)
+            layer.backward_steps(ws, self._lp[k], dy[k], t0, t1)    # and dx, if any
             if k > 0:
                 dx3 = dy[k - 1][t0:t1]                         # (t1-t0, B, H)
                 if c.residual:

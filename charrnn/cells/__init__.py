@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import runtime
 from ..kernels import cells as K
-from ..kernels.packed import matmul, packed, packed_shape
+from ..kernels.packed import packed, packed_shape
 
 #: fewest batch rows a thread of a time loop gets (each thread streams all of W_hh per
 #: step, so a thread with very few rows would mostly move weights)
@@ -119,16 +119,24 @@ class Layer:
             rows(0, ws.B, *args)
 
     # ------------------------------------------------------------------ helpers
-    def project(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
-        """xp[t0:t1] = x W_ih^T + b_ih for steps t0..t1-1 (x (N, I), rows t0*B..t1*B
-        read), or a row gather of the transposed copy of W_ih for one-hot input."""
-        B = ws.B
-        xp2 = ws.xp[t0:t1].reshape((t1 - t0) * B, self.G * self.H)   # (n, G*H)
-        rows = slice(t0 * B, t1 * B)
+    def _input_args(self, ws: Workspace, p: LayerParams, x, idx) -> tuple:
+        """(inp, x (T, B, I), packed W_ih^T, b_ih, idx (T, B), W_ih^T (V, G*H)) for the
+        forward time loops, which make each step's input projection for their rows
+        right before the recurrent product: inp = 1, dense input, x_t W_ih^T + b_ih;
+        inp = 2, one-hot input, rows of the transposed copy of W_ih gathered by token
+        id, plus b_ih.  The arrays a mode does not read are stand-ins of the same
+        types."""
+        ids = idx.reshape(ws.T, ws.B)                # (T, B)
         if self.onehot:
-            K._gather_rows(ws.w_t, idx[rows], p.b_ih, xp2)
-        else:
-            matmul(x[rows], ws.wp_ih, xp2, bias=p.b_ih, threads=runtime.numba_threads())
+            return 2, ws.xp, ws.wp_f, p.b_ih, ids, ws.w_t
+        return 1, x.reshape(ws.T, ws.B, self.I), ws.wp_ih, p.b_ih, ids, ws.dh_mm
+
+    def _dx_args(self, ws: Workspace) -> tuple:
+        """(dense, dx (T, B, I), packed W_ih) for the backward time loops, which compute
+        dx_t = d(pre)_t W_ih for their rows right after each step's gradients."""
+        if self.onehot:
+            return 0, ws.xp, ws.wp_f
+        return 1, self.dx_buffer(ws).reshape(ws.T, ws.B, self.I), ws.wp_ihb
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
         """dW_hh = sum_t dpre_t^T h_{t-1} as one product; db_hh = sum of dpre (the
@@ -145,12 +153,11 @@ class Layer:
         return (ws.hs[ws.T],)
 
     # ------------------------------------------------------------------ interface
-    # A pass over T steps is split so that the model can run it in chunks of steps and
-    # overlap the layers (charrnn.model: layer k works on chunk c while layer k+1 works
-    # on chunk c-1).  A forward pass is forward_start, then forward_steps over the chunks;
-    # a backward pass is backward_start, then backward_steps over the chunks from the
-    # last, each followed by input_grad_rows (the dy of the layer below), then
-    # backward_finish (the weight gradients, as products over all T steps).
+    # A forward pass is forward_start, then forward_steps over chunks of steps (the model
+    # runs one chunk of all T steps); a backward pass is backward_start, then
+    # backward_steps over the chunks from the last (each also leaves dx, the dy of the
+    # layer below, for its steps), then backward_finish (the weight gradients, as
+    # products over all T steps).
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         """Sets h_0 (and c_0) from ``state`` (tuple of (B, H)) and refreshes the copies
         of the weights the steps read (packed, :mod:`charrnn.kernels.packed`)."""
@@ -185,14 +192,6 @@ class Layer:
         if ws.dx is None:
             ws.dx = np.empty((ws.T * ws.B, self.I), ws.xp.dtype)    # (N, I)
         return ws.dx
-
-    def input_grad_rows(self, ws: Workspace, p: LayerParams, t0: int, t1: int) -> np.ndarray:
-        """dx = dxp W_ih for steps t0..t1-1: rows t0*B..t1*B of ws.dx (N, I), returned."""
-        B = ws.B
-        dxp2 = ws.xp[t0:t1].reshape((t1 - t0) * B, self.G * self.H)   # (n, G*H)
-        out = self.dx_buffer(ws)[t0 * B:t1 * B]                     # (n, I)
-        matmul(dxp2, ws.wp_ihb, out, threads=runtime.numba_threads())
-        return out
 
     def backward_finish(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx) -> None:
         """Accumulates the weight and bias gradients into ``g`` once all steps are done."""

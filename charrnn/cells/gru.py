@@ -60,13 +60,13 @@ class GRULayer(Layer):
         ws.wp_n = packed(w_t[:, 2 * H:], getattr(ws, "wp_n", None))
 
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
-        self.project(ws, p, x, idx, t0, t1)
         if self.before:
             hh, hn, wp_n = ws.hrz, ws.hn, ws.wp_n
         else:
             hh, hn, wp_n = ws.hh, ws.hh, ws.wp_f
-        self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1, ws.xp,
-                  ws.wp_f, wp_n, p.b_hh, ws.hs, ws.gates, ws.aux, hh, hn)
+        self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
+                  *self._input_args(ws, p, x, idx), ws.xp, ws.wp_f, wp_n, p.b_hh, ws.hs, ws.gates,
+                  ws.aux, hh, hn)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
@@ -75,9 +75,9 @@ class GRULayer(Layer):
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
         drh = ws.drh if self.before else ws.dh_mm
-        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1, dy,
-                  ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux, ws.hs, dxp, dhh, ws.wp_b,
-                  drh)
+        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1,
+                  *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux,
+                  ws.hs, dxp, dhh, ws.wp_b, drh)
         if t0 > 0:
             ws.dh_next = ws.dh_mm
 

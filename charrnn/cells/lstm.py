@@ -53,10 +53,10 @@ class LSTMLayer(Layer):
     # (2(T+1) + 4T) * B * H * s bytes; B=50, T=100, H=512, float32: 602 * 50 * 512 * 4 =
     # 61.6 MB per layer.  Backward writes the pre-activation gradients over the gates.
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
-        self.project(ws, p, x, idx, t0, t1)
         peep, use_peep = self._peep(ws, p)
-        self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1, ws.xp, ws.wp_f,
-                  p.b_hh, peep, use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
+        self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1,
+                  *self._input_args(ws, p, x, idx), ws.xp, ws.wp_f, p.b_hh, peep, use_peep, ws.hs,
+                  ws.cs, ws.hh, ws.tc)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
@@ -67,8 +67,9 @@ class LSTMLayer(Layer):
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, 4H) gates in, their gradients out
         peep, use_peep = self._peep(ws, p)
-        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1, dy, ws.dh_next,
-                  ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc, ws.wp_b, peep, use_peep, ws.dpeep)
+        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1,
+                  *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc,
+                  ws.wp_b, peep, use_peep, ws.dpeep)
         if t0 > 0:
             ws.dh_next = ws.dh_mm
 

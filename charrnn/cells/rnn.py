@@ -25,13 +25,12 @@ class RNNLayer(Layer):
     # float32: 51 * 50 * 256 * 4 = 2.6 MB per layer (plus the (T, B, H) projection
     # buffer, 2.6 MB, reused for the pre-activation gradients).
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
-        self.project(ws, p, x, idx, t0, t1)
-        self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, self.relu, t0, t1, ws.xp,
-                  ws.wp_f, p.b_hh, ws.hs, ws.hh)
+        self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, self.relu, t0, t1,
+                  *self._input_args(ws, p, x, idx), ws.xp, ws.wp_f, p.b_hh, ws.hs, ws.hh)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
-        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, dy,
-                  ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.wp_b)
+        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1,
+                  *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.wp_b)
         if t0 > 0:
             ws.dh_next = ws.dh_mm

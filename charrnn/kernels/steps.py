@@ -28,60 +28,74 @@ from __future__ import annotations
 from numba import prange
 
 from ._jit import jit, pjit
-from .cells import (_gru_backward_step, _gru_forward_step, _lstm_backward_step,
+from .cells import (_gather_rows, _gru_backward_step, _gru_forward_step, _lstm_backward_step,
                     _lstm_forward_step, _rnn_backward_step, _rnn_forward_step)
+from .packed import _mm_bias
 from .packed import _mm_serial as _mm
 
 # ---------------------------------------------------------------- LSTM
 
 
 @jit
-def _lstm_forward_rows(r0, r1, t0, t1, xp, wp_f, b_hh, peep, use_peep, hs, cs, hh, tc):
+def _lstm_forward_rows(r0, r1, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, peep,
+                       use_peep, hs, cs, hh, tc):
     r = slice(r0, r1)
     for t in range(t0, t1):
+        if inp == 1:
+            _mm_bias(x[t][r], wp_ih, b_ih, xp[t][r])                   # (b, 4H)
+        elif inp == 2:
+            _gather_rows(w_t, idx[t][r], b_ih, xp[t][r])               # (b, 4H)
         _mm(hs[t][r], wp_f, hh[r])                                     # (b, 4H)
         _lstm_forward_step(xp[t][r], hh[r], b_hh, peep, use_peep, cs[t][r], hs[t + 1][r],
                            cs[t + 1][r], xp[t][r], tc[r])
 
 
 @pjit
-def _lstm_forward_steps(nth, t0, t1, xp, wp_f, b_hh, peep, use_peep, hs, cs, hh, tc):
+def _lstm_forward_steps(nth, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, peep,
+                        use_peep, hs, cs, hh, tc):
     B = hs.shape[1]
     for i in prange(nth):
-        _lstm_forward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, xp, wp_f, b_hh, peep,
-                           use_peep, hs, cs, hh, tc)
+        _lstm_forward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, inp, x, wp_ih, b_ih,
+                           idx, w_t, xp, wp_f, b_hh, peep, use_peep, hs, cs, hh, tc)
 
 
 @jit
-def _lstm_backward_rows(r0, r1, t0, t1, dy, dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep,
-                        use_peep, dpeep):
+def _lstm_backward_rows(r0, r1, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs,
+                        tc, wp_b, peep, use_peep, dpeep):
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         _lstm_backward_step(dy[t][r], dh, dc[r], dpre[t][r], cs[t][r], cs[t + 1][r], tc[r],
                             peep, use_peep, dpre[t][r], dpeep[r])
+        if dense:
+            _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
         if t > 0:
             _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
             dh = dh_mm[r]
 
 
 @pjit
-def _lstm_backward_steps(nth, t0, t1, dy, dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep,
-                         use_peep, dpeep):
+def _lstm_backward_steps(nth, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs, tc,
+                         wp_b, peep, use_peep, dpeep):
     B = dc.shape[0]
     for i in prange(nth):
-        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, dy, dh_in, dh_mm, dc,
-                            dpre, cs, tc, wp_b, peep, use_peep, dpeep)
+        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, dense, dx, wp_ihb, dy,
+                            dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep, use_peep, dpeep)
 
 
 # ---------------------------------------------------------------- GRU
 
 @jit
-def _gru_forward_rows(r0, r1, before, t0, t1, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh, hn):
+def _gru_forward_rows(r0, r1, before, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, wp_n,
+                      b_hh, hs, gates, aux, hh, hn):
     """after: hh (B, 3H), hn and wp_n unused; before: hh (B, 2H) for r, z and hn (B, H)
     for n."""
     r = slice(r0, r1)
     for t in range(t0, t1):
+        if inp == 1:
+            _mm_bias(x[t][r], wp_ih, b_ih, xp[t][r])                   # (b, 3H)
+        elif inp == 2:
+            _gather_rows(w_t, idx[t][r], b_ih, xp[t][r])               # (b, 3H)
         if not before:
             _mm(hs[t][r], wp_f, hh[r])                                 # (b, 3H)
             _gru_forward_step(0, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
@@ -96,16 +110,17 @@ def _gru_forward_rows(r0, r1, before, t0, t1, xp, wp_f, wp_n, b_hh, hs, gates, a
 
 
 @pjit
-def _gru_forward_steps(nth, before, t0, t1, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh, hn):
+def _gru_forward_steps(nth, before, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, wp_n,
+                       b_hh, hs, gates, aux, hh, hn):
     B = hs.shape[1]
     for i in prange(nth):
-        _gru_forward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, xp, wp_f, wp_n,
-                          b_hh, hs, gates, aux, hh, hn)
+        _gru_forward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, inp, x, wp_ih,
+                          b_ih, idx, w_t, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh, hn)
 
 
 @jit
-def _gru_backward_rows(r0, r1, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, aux, hs,
-                       dxp, dhh, wp_b, drh):
+def _gru_backward_rows(r0, r1, before, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
+                       gates, aux, hs, dxp, dhh, wp_b, drh):
     H = hs.shape[2]
     r = slice(r0, r1)
     dh = dh_in[r]
@@ -113,6 +128,8 @@ def _gru_backward_rows(r0, r1, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, 
         if not before:
             _gru_backward_step(0, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r], hs[t][r],
                                dxp[t][r], dhh[t][r])
+            if dense:
+                _mm(dxp[t][r], wp_ihb, dx[t][r])                       # (b, I)
             if t > 0:
                 _mm(dhh[t][r], wp_b, dh_mm[r])                         # (b, H)
                 dh = dh_mm[r]
@@ -122,52 +139,65 @@ def _gru_backward_rows(r0, r1, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, 
             _mm(dhh[t][r, 2 * H:], wp_b[:, 2 * H:], drh[r])            # (b, H)
             _gru_backward_step(2, dy[t][r], drh[r], dh_dir[r], gates[t][r], aux[t][r],
                                hs[t][r], dxp[t][r], dhh[t][r])
+            if dense:
+                _mm(dxp[t][r], wp_ihb, dx[t][r])                       # (b, I)
             if t > 0:
                 _mm(dhh[t][r, :2 * H], wp_b[:, :2 * H], dh_mm[r])      # (b, H)
                 dh = dh_mm[r]
 
 
 @pjit
-def _gru_backward_steps(nth, before, t0, t1, dy, dh_in, dh_mm, dh_dir, gates, aux, hs,
-                        dxp, dhh, wp_b, drh):
+def _gru_backward_steps(nth, before, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
+                        gates, aux, hs, dxp, dhh, wp_b, drh):
     B = hs.shape[1]
     for i in prange(nth):
-        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, dy, dh_in,
-                           dh_mm, dh_dir, gates, aux, hs, dxp, dhh, wp_b, drh)
+        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, dense, dx,
+                           wp_ihb, dy, dh_in, dh_mm, dh_dir, gates, aux, hs, dxp, dhh, wp_b,
+                           drh)
 
 
 # ---------------------------------------------------------------- Elman RNN
 
 @jit
-def _rnn_forward_rows(r0, r1, relu, t0, t1, xp, wp_f, b_hh, hs, hh):
+def _rnn_forward_rows(r0, r1, relu, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, hs,
+                      hh):
     r = slice(r0, r1)
     for t in range(t0, t1):
+        if inp == 1:
+            _mm_bias(x[t][r], wp_ih, b_ih, xp[t][r])                   # (b, H)
+        elif inp == 2:
+            _gather_rows(w_t, idx[t][r], b_ih, xp[t][r])               # (b, H)
         _mm(hs[t][r], wp_f, hh[r])                                     # (b, H)
         _rnn_forward_step(relu, xp[t][r], hh[r], b_hh, hs[t + 1][r])
 
 
 @pjit
-def _rnn_forward_steps(nth, relu, t0, t1, xp, wp_f, b_hh, hs, hh):
+def _rnn_forward_steps(nth, relu, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, hs,
+                       hh):
     B = hs.shape[1]
     for i in prange(nth):
-        _rnn_forward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, xp, wp_f, b_hh,
-                          hs, hh)
+        _rnn_forward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, inp, x, wp_ih,
+                          b_ih, idx, w_t, xp, wp_f, b_hh, hs, hh)
 
 
 @jit
-def _rnn_backward_rows(r0, r1, relu, t0, t1, dy, dh_in, dh_mm, hs, dpre, wp_b):
+def _rnn_backward_rows(r0, r1, relu, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
+                       wp_b):
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         _rnn_backward_step(relu, dy[t][r], dh, hs[t + 1][r], dpre[t][r])
+        if dense:
+            _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
         if t > 0:
             _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
             dh = dh_mm[r]
 
 
 @pjit
-def _rnn_backward_steps(nth, relu, t0, t1, dy, dh_in, dh_mm, hs, dpre, wp_b):
+def _rnn_backward_steps(nth, relu, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
+                        wp_b):
     B = hs.shape[1]
     for i in prange(nth):
-        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, dy, dh_in, dh_mm,
-                           hs, dpre, wp_b)
+        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, dense, dx, wp_ihb,
+                           dy, dh_in, dh_mm, hs, dpre, wp_b)
