@@ -41,6 +41,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import runtime
 from .config import ModelConfig
 from .errors import ConfigError, InputError
 
@@ -220,6 +221,7 @@ class Model:
         buf.dlogits = np.empty((N, V), dt)                    # (N, V)
         buf.nll = np.empty((N,), np.float64)                  # (N,) per-position loss
         buf.dy = None                                         # (N, H), first backward
+        buf.wp_head = buf.wp_head_b = None                    # head weights, packed
         buf.dw_head = np.empty((V, H), dt)                    # (V, H)
         buf.db_head = np.empty((V,), dt)                      # (V,)
         buf.layers = [layer.workspace(B, T, dt) for layer in self._layers]
@@ -254,6 +256,7 @@ class Model:
     def _forward(self, inputs, state, masks):
         """Runs the layers and the head; leaves everything backward needs in buffers."""
         from .kernels import cells as K
+        from .kernels import packed as P
 
         B, T = inputs.shape
         c = self.config
@@ -291,8 +294,10 @@ class Model:
             np.multiply(y, masks[-1], out=buf.xin[0])
             y = buf.xin[0]
         buf.head_in = y.reshape(N, H)                          # (N, H)
-        np.matmul(buf.head_in, self.params["head.weight"].T, out=buf.logits)
-        buf.logits += self.params["head.bias"]
+        w_head = self.params["head.weight"]                    # (V, H)
+        buf.wp_head = P.packed(w_head.T, buf.wp_head)          # (H, V) packed
+        P.matmul(buf.head_in, buf.wp_head, buf.logits, bias=self.params["head.bias"],
+                 threads=runtime.numba_threads())
         return buf
 
     def _final_state(self, buf) -> tuple:
@@ -302,6 +307,7 @@ class Model:
 
     def _backward(self, buf, masks) -> None:
         from .kernels import cells as K
+        from .kernels import packed as P
 
         c = self.config
         T, B = buf.idx.shape
@@ -313,7 +319,8 @@ class Model:
         self.grads["head.weight"] += buf.dw_head
         np.sum(buf.dlogits, axis=0, out=buf.db_head)
         self.grads["head.bias"] += buf.db_head
-        np.matmul(buf.dlogits, self.params["head.weight"], out=buf.dy)
+        buf.wp_head_b = P.packed(self.params["head.weight"], buf.wp_head_b)   # (V, H) packed
+        P.matmul(buf.dlogits, buf.wp_head_b, buf.dy, threads=runtime.numba_threads())
         top = buf.dy.reshape(T, B, H)                          # (T, B, H)
         if masks is not None:
             top *= masks[-1]

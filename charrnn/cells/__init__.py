@@ -64,6 +64,9 @@ class Layer:
 
     #: number of state arrays (LSTM: h and c; GRU and RNN: h)
     n_state = 1
+    #: b_ih and b_hh enter every pre-activation as a sum, so their gradients are the
+    #: same column sum of ws.xp, computed once (not so in the GRU's n gate)
+    SAME_BIAS_GRADS = True
 
     def __init__(self, cfg, index: int):
         self.index = index
@@ -198,7 +201,8 @@ class Layer:
         self.recurrent_grads(ws, g)
         T, B = ws.T, ws.B
         dxp2 = ws.xp.reshape(T * B, self.G * self.H)  # (N, G*H)
-        np.sum(dxp2, axis=0, out=ws.db)
+        if not self.SAME_BIAS_GRADS:
+            np.sum(dxp2, axis=0, out=ws.db)
         g.b_ih += ws.db
         if self.onehot:
             ws.dw_t.fill(0)

@@ -23,6 +23,7 @@ from . import Layer, LayerParams, Workspace
 
 
 class GRULayer(Layer):
+    SAME_BIAS_GRADS = False
     def __init__(self, cfg, index: int):
         super().__init__(cfg, index)
         self.before = cfg.gru_reset == "before"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit
+from ._jit import jit, pjit
 from .activations import exp_into, sigmoid_into, tanh_into
 
 # ---------------------------------------------------------------- LSTM (gates i, f, g, o)
@@ -234,8 +234,10 @@ def _gather_rows(table, idx, bias, out):
             out[n, j] = table[row, j] + bias[j]
 
 
-@jit
+@pjit
 def _scatter_add_rows(idx, src, out):
+    """out[idx[n]] += src[n] for every row n; threads take blocks of 64 columns (no two
+    write the same element, and each adds its rows in order n = 0, 1, ...)."""
     N, C = src.shape
     nblk = (C + 63) // 64
     for blk in prange(nblk):

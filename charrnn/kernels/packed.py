@@ -228,34 +228,40 @@ def _panel(a, wp, p, bias, c):
     """C[:, p*NR : p*NR+NR] = bias + A @ panel p (no bias when ``bias`` is empty), in
     tiles of at most MR rows of near-equal height (M = 25: 9, 8, 8, not 12, 12, 1: a
     one-row tile waits on its two FMA chains).  The last panel, when narrower than NR,
-    goes through a scratch tile one row at a time."""
+    is computed into a scratch tile (and its zero-padded bias) and copied."""
     M, K = a.shape
     N = c.shape[1]
     nr = wp.shape[2]
     s = a.itemsize
     j0 = p * nr
     n = min(nr, N - j0)
-    rs, cs, ldc = a.strides[0] // s, a.strides[1] // s, c.strides[0] // s
+    rs, cs = a.strides[0] // s, a.strides[1] // s
     ab = a.ctypes.data
     wb = wp[p].ctypes.data
+    tiles = (M + MR - 1) // MR
     if n == nr:
+        ldc = c.strides[0] // s
         bb = bias.ctypes.data + j0 * s if bias.shape[0] > 0 else 0
         cb = c.ctypes.data + j0 * s
-        tiles = (M + MR - 1) // MR
         i = 0
         for q in range(tiles):
             rows = M * (q + 1) // tiles - i
             _tile(rows, c, ab + i * rs * s, rs, cs, wb, bb, cb + i * ldc * s, ldc, K)
             i += rows
-    else:
-        tile = np.zeros((2, nr), c.dtype)            # row 0: output, row 1: bias
-        if bias.shape[0] > 0:
-            tile[1, :n] = bias[j0:j0 + n]
-        bb = tile[1].ctypes.data if bias.shape[0] > 0 else 0
-        for i in range(M):
-            _k1(c, ab + i * rs * s, rs, cs, wb, bb, tile.ctypes.data, nr, K)
+        return
+    scratch = np.zeros((MR + 1, nr), c.dtype)       # MR rows of output, then the bias
+    bb = 0
+    if bias.shape[0] > 0:
+        scratch[MR, :n] = bias[j0:j0 + n]
+        bb = scratch[MR].ctypes.data
+    i = 0
+    for q in range(tiles):
+        rows = M * (q + 1) // tiles - i
+        _tile(rows, c, ab + i * rs * s, rs, cs, wb, bb, scratch.ctypes.data, nr, K)
+        for r in range(rows):
             for j in range(n):
-                c[i, j0 + j] = tile[0, j]
+                c[i + r, j0 + j] = scratch[r, j]
+        i += rows
 
 
 @jit
