@@ -224,7 +224,8 @@ class Model:
         buf.wp_head = buf.wp_head_b = None                    # head weights, packed
         buf.dw_head = np.empty((V, H), dt)                    # (V, H)
         buf.db_head = np.empty((V,), dt)                      # (V,)
-        buf.layers = [layer.workspace(B, T, dt) for layer in self._layers]
+        scratch = np.empty(max(layer.scratch_size() for layer in self._layers), dt)
+        buf.layers = [layer.workspace(B, T, dt, scratch) for layer in self._layers]
         self._buffers[key] = buf
         while len(self._buffers) > _WORKSPACES_KEPT:
             self._buffers.popitem(last=False)

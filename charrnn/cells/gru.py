@@ -45,29 +45,33 @@ class GRULayer(Layer):
     # steps: ((T+1) + 4T) * B * H * s bytes; B=50, T=50, H=256, float32:
     # 251 * 50 * 256 * 4 = 12.9 MB per layer (plus the (T, B, 3H) projection buffer,
     # 7.7 MB, reused for the pre-activation gradients, and 7.7 MB for dhh in backward).
-    def _packed_forward(self, dtype):
-        """W_hh^T (H, 3H) packed; with reset "before" its r, z columns (H, 2H) only, the
-        n columns (H, H) going to ws.wp_n (see _workspace)."""
-        H = self.H
-        return np.empty(packed_shape(H, (2 if self.before else 3) * H, dtype), dtype)
+    def _packed_shapes(self, dtype) -> tuple[dict, dict]:
+        """With reset "before", W_hh^T's r, z columns (H, 2H) and its n columns (H, H)
+        are packed apart (two products per step)."""
+        fwd, bwd = super()._packed_shapes(dtype)
+        if self.before:
+            H = self.H
+            fwd["w_hh_t"] = packed_shape(H, 2 * H, dtype)
+            fwd["w_hn_t"] = packed_shape(H, H, dtype)
+        return fwd, bwd
 
     def _pack_forward(self, ws: Workspace, p: LayerParams) -> None:
         H = self.H
         w_t = p.w_hh.T                              # (H, 3H) view
         if not self.before:
-            packed(w_t, ws.wp_f)
+            packed(w_t, ws.pack_fwd["w_hh_t"])
             return
-        packed(w_t[:, :2 * H], ws.wp_f)
-        ws.wp_n = packed(w_t[:, 2 * H:], getattr(ws, "wp_n", None))
+        packed(w_t[:, :2 * H], ws.pack_fwd["w_hh_t"])
+        packed(w_t[:, 2 * H:], ws.pack_fwd["w_hn_t"])
 
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         if self.before:
-            hh, hn, wp_n = ws.hrz, ws.hn, ws.wp_n
+            hh, hn, wp_n = ws.hrz, ws.hn, ws.pack_fwd["w_hn_t"]
         else:
-            hh, hn, wp_n = ws.hh, ws.hh, ws.wp_f
+            hh, hn, wp_n = ws.hh, ws.hh, ws.pack_fwd["w_hh_t"]
         self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
-                  *self._input_args(ws, p, x, idx), ws.xp, ws.wp_f, wp_n, p.b_hh, ws.hs, ws.gates,
-                  ws.aux, hh, hn)
+                  *self._input_args(ws, p, x, idx), ws.xp, ws.pack_fwd["w_hh_t"], wp_n, p.b_hh,
+                  ws.hs, ws.gates, ws.aux, hh, hn)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
@@ -78,7 +82,7 @@ class GRULayer(Layer):
         drh = ws.drh if self.before else ws.dh_mm
         self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux,
-                  ws.hs, dxp, dhh, ws.wp_b, drh)
+                  ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
         if t0 > 0:
             ws.dh_next = ws.dh_mm
 

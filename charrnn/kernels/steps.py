@@ -13,10 +13,17 @@ chunk with no barrier between steps.  Each thread streams all of W_hh every step
 The numbers do not depend on ``nth``: every product element is the same chain of fused
 multiply-adds and the step kernels are per row.
 
-Packed weights: ``wp_f`` is W_hh^T (H, G*H) packed, for h_{t-1} W_hh^T; ``wp_b`` is W_hh
-(G*H, H) packed, for d(pre)_t W_hh.  The GRU with reset "before" packs the r, z columns
-(``wp_f``) and the n columns (``wp_n``) of W_hh^T apart, and uses row ranges of ``wp_b``
-(a slice along K of a packed matrix is the packed slice).
+Packed weights (:mod:`charrnn.kernels.packed`): ``wp_f`` is W_hh^T (H, G*H) packed, for
+h_{t-1} W_hh^T; ``wp_b`` is W_hh (G*H, H) packed, for d(pre)_t W_hh; ``wp_ih`` and
+``wp_ihb`` are W_ih^T and W_ih packed, for the input projection and the input gradient.
+The GRU with reset "before" packs the r, z columns (``wp_f``) and the n columns
+(``wp_n``) of W_hh^T apart, and uses row ranges of ``wp_b`` (a slice along K of a packed
+matrix is the packed slice).
+
+Input of a forward loop (``inp``): 1, dense x (T, B, I): each step computes its rows of
+x_t W_ih^T + b_ih into xp[t] first; 2, one-hot: each step gathers rows of the transposed
+copy of W_ih (``w_t``, with ``b_ih``) by token id (``idx`` (T, B)).  A backward loop
+with ``dense`` computes dx_t = d(pre)_t W_ih for its rows after each step's gradients.
 
 Dimension letters: B batch, H hidden, G gates; arrays are time-major (T, B, .).
 Backward kernels take ``dh_in`` (B, H), the gradient reaching h_{t1-1} through the
