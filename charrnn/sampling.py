@@ -77,13 +77,46 @@ class PackedWeights:
     peep: np.ndarray        # (L, 3, H)
     head_w: np.ndarray      # (V, H)
     head_b: np.ndarray      # (V,)
+    # for the packed-weight products (product mode 2), else (L, 1, 1, NR) stand-ins
+    pw_ih: np.ndarray | None = None     # (L, P, H, NR) W_ih^T packed, layers 1..L-1
+    pw_hh: np.ndarray | None = None     # (L, P, H, NR) W_hh^T (GRU "before": r, z cols)
+    pw_hn: np.ndarray | None = None     # (L, P, H, NR) GRU "before": W_hn^T
+    pw_head: np.ndarray | None = None   # (P, H, NR) head.weight^T
 
     def args(self) -> tuple:
         return (self.cell, self.gru_before, self.relu, self.use_peep, self.residual)
 
     def arrays(self) -> tuple:
         return (self.table0, self.w_ih, self.b_ih, self.w_hh, self.b_hh, self.peep,
-                self.head_w, self.head_b)
+                self.head_w, self.head_b, self.pw_ih, self.pw_hh, self.pw_hn, self.pw_head)
+
+    def pack_products(self, packed: bool) -> None:
+        """Packs the weights for product mode 2 (``packed``), else sets stand-ins."""
+        from .kernels.packed import packed as pack
+        from .kernels.packed import packed_shape, panel_width
+
+        L, GH, H = self.w_hh.shape
+        dt = self.w_hh.dtype
+        if not packed:
+            nr = panel_width(dt)
+            self.pw_ih = self.pw_hh = self.pw_hn = np.zeros((L, 1, 1, nr), dt)
+            self.pw_head = np.zeros((1, 1, nr), dt)
+            return
+
+        def stack(ws):                      # [(K, N) views] -> (L, P, K, NR)
+            out = np.zeros((L,) + packed_shape(*ws[0].shape, dt), dt)
+            for k, w in enumerate(ws):
+                pack(w, out[k])
+            return out
+
+        self.pw_ih = stack([self.w_ih[k].T for k in range(L)])
+        if self.cell == 1 and self.gru_before:                      # GRU
+            self.pw_hh = stack([self.w_hh[k][:2 * H].T for k in range(L)])
+            self.pw_hn = stack([self.w_hh[k][2 * H:].T for k in range(L)])
+        else:
+            self.pw_hh = stack([self.w_hh[k].T for k in range(L)])
+            self.pw_hn = self.pw_hh
+        self.pw_head = pack(self.head_w.T)
 
 
 def pack_weights(model) -> PackedWeights:
@@ -153,10 +186,20 @@ class Sampler:
         self.greedy = int(bool(greedy))
         if blas is None:
             blas = auto_blas(model.config.hidden_size, num_streams)
-        self.blas = int(bool(blas) and KS.HAVE_BLAS)
+        # the product mode of the kernel (kernels.sample): several streams go through
+        # the packed-weight kernel, in groups of streams on numba's threads; one stream
+        # through BLAS (when blas) or our loops
+        if blas and self.N > 1:
+            self.blas = KS.PACKED
+        else:
+            self.blas = int(bool(blas) and KS.HAVE_BLAS)
         from . import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
+        self.groups = 1
+        if self.blas == KS.PACKED:
+            self.groups = max(1, min(runtime.numba_threads(), self.N // STREAMS_PER_THREAD))
         self.w = pack_weights(model)
+        self.w.pack_products(self.blas == KS.PACKED)
         cfg = model.config
         L, H = cfg.num_layers, cfg.hidden_size
         self.h = np.zeros((L, self.N, H), model.dtype)                      # (L, N, H)
@@ -169,11 +212,14 @@ class Sampler:
         out_ids = np.zeros((self.N, max(n_steps, 1)), np.int64)             # (N, S)
         out_lp = np.zeros((self.N, max(n_steps, 1)), np.float64)            # (N, S)
         if n_steps > 0:
-            self._k._generate_kernel(
-                *self.w.args(), self.blas, *self.w.arrays(), self.h, self.c, self.cur,
-                forced, int(n_forced), int(bool(score_forced)), int(n_steps),
-                self.temperature, self.top_k, self.top_p, self.greedy, self.rng,
-                out_ids, out_lp)
+            args = (*self.w.args(), self.blas, *self.w.arrays(), self.h, self.c, self.cur,
+                    forced, int(n_forced), int(bool(score_forced)), int(n_steps),
+                    self.temperature, self.top_k, self.top_p, self.greedy, self.rng,
+                    out_ids, out_lp)
+            if self.groups > 1:
+                self._k._generate_streams(self.groups, *args)
+            else:
+                self._k._generate_kernel(*args)
         return out_ids[:, :n_steps], out_lp[:, :n_steps]
 
     def prime_streams(self, ids) -> None:
@@ -225,10 +271,15 @@ class Sampler:
             raise InputError(f"symbol ids must be in [0, {V - 1}]")
 
 
+#: fewest streams a thread of the generation loop gets
+STREAMS_PER_THREAD = 4
+
+
 def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
     """Our loops for one stream of a model up to 256 wide (as fast as BLAS) or on one
-    thread; BLAS for several streams, or for wider models when BLAS has threads to
-    split the rows over (benchmarks/sample_speed.py)."""
+    thread; the packed-weight kernel for several streams (Sampler); BLAS for one stream
+    of a wider model when BLAS has threads to split the rows over
+    (benchmarks/sample_speed.py)."""
     if threads is None:
         from . import runtime
         threads = runtime.threads()

@@ -112,6 +112,39 @@ def test_streams_have_their_own_generators():
     assert not np.array_equal(three[1], three[0])
 
 
+@pytest.mark.parametrize("cell,kw", [("lstm", dict(peepholes=True)), ("gru", {}),
+                                     ("gru", dict(gru_reset="before", residual=True)),
+                                     ("rnn", dict(embed_size=3))])
+def test_packed_streams_split_between_threads_change_nothing(cell, kw, monkeypatch):
+    """Several streams use the packed-weight kernel in groups on numba's threads: the
+    same ids and log-probs for any number of groups, stream i the same for any N, and
+    the numbers of the loops to rounding."""
+    from charrnn import runtime, sampling
+    from charrnn.kernels import sample as KS
+
+    m = _model(cell, dtype="float64", **kw)
+    monkeypatch.setattr(sampling, "STREAMS_PER_THREAD", 1)
+    out = {}
+    for groups in (1, 2, 3):
+        monkeypatch.setattr(runtime, "numba_threads", lambda: groups)
+        s = Sampler(m, 7, seed=3, blas=True)
+        assert s.blas == KS.PACKED and s.groups == groups
+        s.prime_streams(np.tile(m.vocab.encode("hel", what="prime"), (7, 1)))
+        out[groups] = s.generate(60)
+    for groups in (2, 3):
+        np.testing.assert_array_equal(out[groups][0], out[1][0])
+        np.testing.assert_array_equal(out[groups][1], out[1][1])
+    two = Sampler(m, 2, seed=3, blas=True)
+    two.prime_streams(np.tile(m.vocab.encode("hel", what="prime"), (2, 1)))
+    ids, lp = two.generate(60)
+    np.testing.assert_array_equal(ids, out[1][0][:2])
+    loops = Sampler(m, 7, seed=3, blas=False)
+    assert loops.blas == 0
+    seq = np.tile(m.vocab.encode(TEXT[:40], what="text"), (7, 1))
+    np.testing.assert_allclose(Sampler(m, 7, blas=True).score_streams(seq),
+                               loops.score_streams(seq), rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- greedy, top-k, temperature
 
 def test_greedy_equals_argmax_of_batched_forward():

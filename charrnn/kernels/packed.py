@@ -2,27 +2,34 @@
 
 Why: the per-step recurrent product of a layer is small, (B, H) x (H, G*H) with B ~ 50,
 and its right-hand side is the same weight matrix at every step.  A general BLAS call
-repacks that whole matrix into its own panel layout on every call (OpenBLAS, 2 cores,
-AVX-512: (50, 256) x (256, 1024) at 135 GFLOP/s on one thread, where a large product
-reaches 238).  Here the weights are packed ONCE per pass (:func:`pack`) and every step
-streams the packed panels through a micro-kernel that keeps its whole output tile in
-vector registers: the same product measured 245 GFLOP/s on one thread and 465 on two
-(panels split between the cores).
+repacks that whole matrix into its own panel layout on every call (OpenBLAS, AVX-512,
+one core: (50, 256) x (256, 1024) at 135 GFLOP/s, where a large product reaches 238).
+Here the weights are packed ONCE per pass (:func:`packed`) and every call streams the
+packed panels through a micro-kernel that keeps its whole output tile in vector
+registers: the same product measured 245 GFLOP/s on one core, which is this core's peak
+(2 FMA pipes x 16 float32 lanes x 2 flops at ~3.9 GHz), for 25 rows as for 50.
 
 Layout.  A (K, N) right-hand side ``w`` is packed into ``wp`` (P, K, NR), P = ceil(N/NR):
 panel p holds columns p*NR .. p*NR+NR-1, row k of the panel contiguous, zero past N.
 NR is two vector registers of the host (float32: 32 columns with AVX-512, 16 with AVX2).
 
-Micro-kernel.  C[i:i+MR, panel] = A[i:i+MR, :] @ panel for MR rows of A (MR = 12 with 32
-vector registers, 6 with 16), as one loop over k that broadcasts A[r, k] and does 2*MR
-fused multiply-adds into 2*MR register accumulators.  It is written in LLVM IR through a
-numba ``intrinsic`` (numba's own loops cannot pin an accumulator tile in registers), so
-it compiles, inlines and caches like any other kernel; the vector width is chosen from
-the host CPU that numba compiles for.
+Micro-kernel.  C[i:i+m, panel] = bias + A[i:i+m, :] @ panel for a tile of m <= MR rows
+of A (MR = 12 with 32 vector registers, 6 with 16), as one loop over k that broadcasts
+A[r, k] and does 2*m fused multiply-adds into 2*m register accumulators (which start at
+the bias, or at zero).  It is written in LLVM IR through a numba ``intrinsic`` (numba's
+own loops cannot pin an accumulator tile in registers), so it compiles, inlines and
+caches like any other kernel; the vector width is chosen from the host CPU that numba
+compiles for.  M rows are cut into tiles of near-equal height.
+
+Where it is used: every product of the recurrent layers except the weight gradients
+(charrnn.kernels.steps: recurrent products, input projections and input gradients, one
+step's rows at a time) and the head's two products (charrnn.model, :func:`matmul` with
+rows shared between threads).  The weight gradients, sums over all T*B rows, stay with
+numpy's BLAS.
 
 Numbers.  Every element of C is one chain of fused multiply-adds over k = 0..K-1 in
-order, starting from zero, whichever row block, panel split or thread computes it; so a
-product gives the same bits with one thread or several, in a chunked or a whole pass.
+order, starting from the bias or zero, whichever tile, row range or thread computes it;
+so a product gives the same bits with one thread or several.
 
 Dimension letters: M rows of A (the batch), K the reduction, N columns of C.
 """

@@ -27,12 +27,15 @@ else drawn from the logits (temperature, top-k, top-p, or the argmax with ``gree
 truncation), so the mean of ``out_lp`` is minus the loss of the text.  Forced steps
 skip the head unless ``score_forced`` (warming the state on a prime needs no logits).
 
-Matrix products: ``blas=0`` uses the loops of :func:`_matmul_rows` (a dot of every
-weight row with every stream's input while that row is in L1; deterministic: a
-stream's numbers do not depend on N or on threads); ``blas=1`` uses ``np.dot`` (BLAS
-gemm/gemv through scipy, faster for many streams or a wide model; measured in
-benchmarks/sample_speed.py: equal at N=1, H=256; 1.5x at N=1, H=512 (two threads);
-3x at N=32).  Without scipy only the loops are compiled.
+Matrix products (``blas``, the product mode): 0 uses the loops of :func:`_matmul_rows`
+(a dot of every weight row with every stream's input while that row is in L1;
+deterministic: a stream's numbers do not depend on N or on threads); 1 uses ``np.dot``
+(BLAS gemv through scipy, for one stream of a wide model on two threads: 1.5x at H=512,
+benchmarks/sample_speed.py); 2 (PACKED) uses the packed-weight kernel of
+:mod:`charrnn.kernels.packed` with weights packed once per sampler (``pw_*``), for
+several streams, which :func:`_generate_streams` splits between threads (each stream's
+numbers again independent of N and of threads).  Without scipy, mode 1 falls back to
+the loops.
 
 Random numbers: every stream has its own xoshiro256** generator (4 uint64 words, seeded
 by :func:`charrnn.sampling.seed_streams` from the seed and the stream's index), so the
@@ -43,8 +46,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import jit
+from numba import prange
+
+from ._jit import jit, pjit
 from .activations import sigmoid_into, tanh_into
+from .packed import _mm_serial
 
 try:    # numba's np.dot calls BLAS through scipy; loading it here lets --threads limit it
     import scipy.linalg.cython_blas  # noqa: F401
@@ -190,19 +196,28 @@ def _matmul_rows(W, X, Y):
             Y[n, j] = acc
 
 
+PACKED = 2     # product mode: the packed-weight kernel (charrnn.kernels.packed)
+
 if HAVE_BLAS:
     @jit
-    def _matmul(W, X, Y, blas):
-        """Y = X W^T (N, R): our loops, or BLAS when ``blas``."""
-        if blas:
+    def _matmul(W, PW, X, Y, mode):
+        """Y = X W^T (N, R): our loops (mode 0), BLAS (1), or the packed kernel with PW,
+        W^T packed (2)."""
+        if mode == PACKED:
+            _mm_serial(X, PW, Y)
+        elif mode:
             np.dot(X, W.T, Y)
         else:
             _matmul_rows(W, X, Y)
 else:
     @jit
-    def _matmul(W, X, Y, blas):
-        """Y = X W^T (N, R) with our loops (numba's np.dot needs scipy)."""
-        _matmul_rows(W, X, Y)
+    def _matmul(W, PW, X, Y, mode):
+        """Y = X W^T (N, R): our loops, or the packed kernel (numba's np.dot needs
+        scipy)."""
+        if mode == PACKED:
+            _mm_serial(X, PW, Y)
+        else:
+            _matmul_rows(W, X, Y)
 
 
 # ---------------------------------------------------------------- fused gates (one stream)
@@ -285,6 +300,7 @@ def _rnn_gates(a, xp, b_hh, relu, h):
 @jit
 def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
                      table0, w_ih, b_ih, w_hh, b_hh, peep, head_w, head_b,
+                     pw_ih, pw_hh, pw_hn, pw_head,
                      h, c, cur, forced, n_forced, score_forced, n_steps,
                      temperature, top_k, top_p, greedy, rng, out_ids, out_lp):
     L, GH, H = w_hh.shape
@@ -310,7 +326,7 @@ def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
                     for j in range(GH):
                         xpn[j] = row[j]
             else:
-                _matmul(w_ih[k], X, XP, blas)
+                _matmul(w_ih[k], pw_ih[k], X, XP, blas)
                 for n in range(N):
                     xpn = XP[n]
                     bk = b_ih[k]
@@ -318,16 +334,16 @@ def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
                         xpn[j] += bk[j]
             hk = h[k]
             if cell == GRU and gru_before:
-                _matmul(w_hh[k][:2 * H], hk, HRZ, blas)
+                _matmul(w_hh[k][:2 * H], pw_hh[k], hk, HRZ, blas)
                 for n in range(N):
                     _gru_rz(HRZ[n], XP[n], b_hh[k], Gs[n])
                     for j in range(H):
                         RH[n, j] = Gs[n, j] * hk[n, j]
-                _matmul(w_hh[k][2 * H:], RH, HN, blas)
+                _matmul(w_hh[k][2 * H:], pw_hn[k], RH, HN, blas)
                 for n in range(N):
                     _gru_before_n(HN[n], XP[n], b_hh[k], hk[n], Gs[n])
             else:
-                _matmul(w_hh[k], hk, HH, blas)
+                _matmul(w_hh[k], pw_hh[k], hk, HH, blas)
                 for n in range(N):
                     if cell == LSTM:
                         _lstm_gates(HH[n], XP[n], b_hh[k], peep[k], use_peep, hk[n],
@@ -351,7 +367,7 @@ def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
             for n in range(N):
                 cur[n] = forced[n, t]
             continue
-        _matmul(head_w, X, LOG, blas)
+        _matmul(head_w, pw_head, X, LOG, blas)
         for n in range(N):
             zn = LOG[n]
             for v in range(V):
@@ -371,3 +387,29 @@ def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
             out_ids[n, t] = nxt
             out_lp[n, t] = lp
             cur[n] = nxt
+
+
+@pjit
+def _generate_streams(nth, cell, gru_before, relu, use_peep, residual, blas,
+                      table0, w_ih, b_ih, w_hh, b_hh, peep, head_w, head_b,
+                      pw_ih, pw_hh, pw_hn, pw_head,
+                      h, c, cur, forced, n_forced, score_forced, n_steps,
+                      temperature, top_k, top_p, greedy, rng, out_ids, out_lp):
+    """:func:`_generate_kernel` with the streams split into ``nth`` groups that numba's
+    threads run at the same time, each through all the steps: streams never read one
+    another, and each carries its own generator, so the split changes nothing but the
+    speed (each group's state is copied to a contiguous buffer and back)."""
+    N = cur.shape[0]
+    for g in prange(nth):
+        n0 = N * g // nth
+        n1 = N * (g + 1) // nth
+        hg = np.ascontiguousarray(h[:, n0:n1])                        # (L, n, H)
+        cg = np.ascontiguousarray(c[:, n0:n1])                        # (L or 1, n, H)
+        _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
+                         table0, w_ih, b_ih, w_hh, b_hh, peep, head_w, head_b,
+                         pw_ih, pw_hh, pw_hn, pw_head,
+                         hg, cg, cur[n0:n1], forced[n0:n1], n_forced, score_forced, n_steps,
+                         temperature, top_k, top_p, greedy, rng[n0:n1], out_ids[n0:n1],
+                         out_lp[n0:n1])
+        h[:, n0:n1] = hg
+        c[:, n0:n1] = cg
