@@ -316,7 +316,7 @@ class Model:
         idx = buf.idx.reshape(N)
         if buf.dy is None:                                     # only training needs it
             buf.dy = np.empty((N, H), self.dtype)             # (N, H) grad of head input
-        np.matmul(buf.dlogits.T, buf.head_in, out=buf.dw_head)
+        runtime.matmul(buf.dlogits.T, buf.head_in, buf.dw_head)
         self.grads["head.weight"] += buf.dw_head
         np.sum(buf.dlogits, axis=0, out=buf.db_head)
         self.grads["head.bias"] += buf.db_head

@@ -195,6 +195,7 @@ class Sampler:
             self.blas = int(bool(blas) and KS.HAVE_BLAS)
         from . import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
+        self._threads = runtime.threads()
         self.groups = 1
         if self.blas == KS.PACKED:
             self.groups = max(1, min(runtime.numba_threads(), self.N // STREAMS_PER_THREAD))
@@ -218,6 +219,12 @@ class Sampler:
                     out_ids, out_lp)
             if self.groups > 1:
                 self._k._generate_streams(self.groups, *args)
+            elif self.blas == 1 and self._threads > 1:
+                # charrnn keeps BLAS on one thread (runtime.configure_threads); one
+                # stream of a wide model is the case where BLAS's own threads help
+                from threadpoolctl import threadpool_limits
+                with threadpool_limits(self._threads, user_api="blas"):
+                    self._k._generate_kernel(*args)
             else:
                 self._k._generate_kernel(*args)
         return out_ids[:, :n_steps], out_lp[:, :n_steps]

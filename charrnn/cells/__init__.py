@@ -176,7 +176,7 @@ class Layer:
         T, B, H = ws.T, ws.B, self.H
         dhh2 = ws.xp.reshape(T * B, self.G * H)       # (N, G*H)
         hprev = ws.hs[:T].reshape(T * B, H)           # (N, H)
-        np.matmul(dhh2.T, hprev, out=ws.dw_hh)
+        runtime.matmul(dhh2.T, hprev, ws.dw_hh)
         g.w_hh += ws.dw_hh
         np.sum(dhh2, axis=0, out=ws.db)
         g.b_hh += ws.db
@@ -238,7 +238,7 @@ class Layer:
             K._scatter_add_rows(idx, dxp2, ws.dw_t)
             g.w_ih += ws.dw_t.T
         else:
-            np.matmul(dxp2.T, x, out=ws.dw_ih)
+            runtime.matmul(dxp2.T, x, ws.dw_ih)
             g.w_ih += ws.dw_ih
 
 

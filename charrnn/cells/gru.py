@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import runtime
 from ..kernels import steps as S
 from ..kernels.packed import packed, packed_shape
 from . import Layer, LayerParams, Workspace
@@ -93,10 +94,10 @@ class GRULayer(Layer):
         dhh2 = ws.dhh.reshape(T * B, 3 * H)         # (N, 3H)
         hprev = ws.hs[:T].reshape(T * B, H)         # (N, H)
         if not self.before:
-            np.matmul(dhh2.T, hprev, out=ws.dw_hh)
+            runtime.matmul(dhh2.T, hprev, ws.dw_hh)
         else:
-            np.matmul(dhh2[:, :2 * H].T, hprev, out=ws.dw_hh[:2 * H])
-            np.matmul(dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H), out=ws.dw_hh[2 * H:])
+            runtime.matmul(dhh2[:, :2 * H].T, hprev, ws.dw_hh[:2 * H])
+            runtime.matmul(dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H), ws.dw_hh[2 * H:])
         g.w_hh += ws.dw_hh
         np.sum(dhh2, axis=0, out=ws.db)
         g.b_hh += ws.db
