@@ -8,19 +8,20 @@ A layer never owns parameters: ``forward``/``backward`` receive a :class:`LayerP
 views into the model's flat buffer (and the gradient views of the same shapes), and a
 :class:`Workspace` of buffers allocated once per (B, T) shape by :meth:`Layer.workspace`.
 
-The work of a layer, in every cell:
+The work of a layer, in every cell, is one time loop per pass
+(:mod:`charrnn.kernels.steps`), run by numba's threads over ranges of batch rows:
 
-* the input projection of all T steps as ONE product (N, I) x (I, G*H), or for one-hot
-  input a gather of rows of a transposed copy of W_ih (refreshed at every forward pass,
-  so it always reflects the current parameters);
-* per step ONE recurrent product (B, H) x (H, G*H) into a preallocated buffer, then ONE
-  fused kernel (:mod:`charrnn.kernels.cells`) for the gates; the steps of a chunk run as
-  one numba call (:mod:`charrnn.kernels.steps`), the products by the packed-weight kernel
-  of :mod:`charrnn.kernels.packed` from W_hh packed once per pass;
-* backward per step: one fused gate-gradient kernel and one (B, G*H) x (G*H, H) product
-  for dh_{t-1} (W_hh packed once per backward pass); then dW_hh and dW_ih as ONE product
-  each over all T steps (numpy's BLAS), bias gradients as sums, and dx (the gradient of
-  the layer input) as one product.
+* forward, per step and row range: the input projection x_t W_ih^T + b_ih (for one-hot
+  input, a gather of rows of a transposed copy of W_ih, refreshed at every pass), the
+  recurrent product h_{t-1} W_hh^T, then ONE fused kernel
+  (:mod:`charrnn.kernels.cells`) for the gates;
+* backward, per step and row range: one fused gate-gradient kernel, then d(pre)_t W_ih
+  (dx, the gradient of the layer input) and d(pre)_t W_hh (for dh_{t-1});
+* the products of a step go through the packed-weight kernel of
+  :mod:`charrnn.kernels.packed`, from weights packed once per pass;
+* after the loop, dW_hh and dW_ih as ONE product each over all T steps (numpy's BLAS,
+  rows split between threads by :func:`charrnn.runtime.matmul`) and the bias gradients
+  as sums.
 
 The GRU with ``gru_reset="before"`` needs r before its recurrent product for n, so it
 does two products and two kernel calls per step (documented in :mod:`charrnn.cells.gru`).
