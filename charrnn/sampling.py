@@ -94,6 +94,7 @@ class PackedWeights:
         """Packs the weights for product mode 2 (``packed``), else sets stand-ins."""
         from .kernels.packed import packed as pack
         from .kernels.packed import packed_shape, panel_width
+        from .kernels.sample import CELL_CODES
 
         L, GH, H = self.w_hh.shape
         dt = self.w_hh.dtype
@@ -110,7 +111,7 @@ class PackedWeights:
             return out
 
         self.pw_ih = stack([self.w_ih[k].T for k in range(L)])
-        if self.cell == 1 and self.gru_before:                      # GRU
+        if self.cell == CELL_CODES["gru"] and self.gru_before:
             self.pw_hh = stack([self.w_hh[k][:2 * H].T for k in range(L)])
             self.pw_hn = stack([self.w_hh[k][2 * H:].T for k in range(L)])
         else:

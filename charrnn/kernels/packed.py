@@ -273,8 +273,11 @@ def _panel(a, wp, p, bias, c):
 
 @jit
 def _mm_serial(a, wp, c):
-    """c (M, N) = a (M, K) @ w, w packed in wp (P, K, NR); one thread, no bias."""
-    _mm_bias(a, wp, np.empty(0, c.dtype), c)
+    """c (M, N) = a (M, K) @ w, w packed in wp (P, K, NR); one thread, no bias.  Called
+    once per step by the time loops: the "no bias" is an empty view of ``c``, not a new
+    array."""
+    if c.shape[0] > 0:
+        _mm_bias(a, wp, c[0, :0], c)
 
 
 @jit
