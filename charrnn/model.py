@@ -350,7 +350,9 @@ class Model:
             self._layers[k].backward_finish(buf.layers[k], self._lp[k], self._lg[k],
                                             buf.layer_in[k], idx)
         if c.embed_size > 0:
-            K._scatter_add_rows(idx, buf.layers[0].dx, self.grads["embedding.weight"])
+            dx0 = buf.layers[0].dx                             # (N, E)
+            K._scatter_add_rows(K.scatter_threads(dx0.shape[1], runtime.numba_threads()),
+                                idx, dx0, self.grads["embedding.weight"])
 
     def _loss(self, buf, targets, want_grad: bool) -> float:
         from .kernels import cells as K

@@ -120,6 +120,22 @@ def test_softmax_stable_for_large_logits(dtype):
     np.testing.assert_allclose(d.sum(axis=1), 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_scatter_add_rows_matches_numpy_for_any_thread_count(nth):
+    from charrnn.kernels import cells as K
+
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 5, 40)                          # repeated rows
+    src = rng.standard_normal((40, 7)).astype(np.float32)
+    ref = np.zeros((5, 7), np.float32)
+    for n in range(40):                                   # rows in order n = 0, 1, ...
+        ref[idx[n]] += src[n]
+    out = np.zeros((5, 7), np.float32)
+    K._scatter_add_rows(nth, idx, src, out)
+    assert np.array_equal(out, ref)
+    assert K.scatter_threads(512, 2) == 1 and K.scatter_threads(2048, 2) == 2
+
+
 def test_no_kernel_hard_codes_numba_flags():
     kdir = pathlib.Path(__file__).resolve().parent.parent / "charrnn" / "kernels"
     pattern = re.compile(r"njit\(|parallel\s*=|fastmath\s*=")

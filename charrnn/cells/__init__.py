@@ -236,7 +236,8 @@ class Layer:
         g.b_ih += ws.db
         if self.onehot:
             ws.dw_t.fill(0)
-            K._scatter_add_rows(idx, dxp2, ws.dw_t)
+            K._scatter_add_rows(K.scatter_threads(dxp2.shape[1], runtime.numba_threads()),
+                                idx, dxp2, ws.dw_t)
             g.w_ih += ws.dw_t.T
         else:
             runtime.matmul(dxp2.T, x, ws.dw_ih)

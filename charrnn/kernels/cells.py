@@ -235,18 +235,29 @@ def _gather_rows(table, idx, bias, out):
 
 
 @pjit
-def _scatter_add_rows(idx, src, out):
-    """out[idx[n]] += src[n] for every row n; threads take blocks of 64 columns (no two
-    write the same element, and each adds its rows in order n = 0, 1, ...)."""
+def _scatter_add_rows(nth, idx, src, out):
+    """out[idx[n]] += src[n] for every row n.  ``nth`` threads take contiguous column
+    ranges (no two write the same element), each adding its rows in order n = 0, 1, ...,
+    so the sums are the same for any ``nth``.  (Blocks of 64 columns dealt round-robin
+    measured 2-5x slower: LSTM 2x128, one-hot W_ih, N = 2500: 0.70 ms, now 0.16 ms.)"""
     N, C = src.shape
-    nblk = (C + 63) // 64
-    for blk in prange(nblk):
-        lo = blk * 64
-        hi = min(C, lo + 64)
+    for i in prange(nth):
+        lo = C * i // nth
+        hi = C * (i + 1) // nth
         for n in range(N):
-            row = idx[n]
-            for j in range(lo, hi):
-                out[row, j] += src[n, j]
+            o = out[idx[n], lo:hi]
+            s = src[n, lo:hi]
+            for j in range(hi - lo):
+                o[j] += s[j]
+
+
+#: fewest columns per thread of :func:`_scatter_add_rows` (narrower: one thread is faster)
+SCATTER_COLUMNS = 1024
+
+
+def scatter_threads(C: int, threads: int) -> int:
+    """Threads for a scatter of C columns."""
+    return max(1, min(threads, C // SCATTER_COLUMNS))
 
 
 @jit
