@@ -181,6 +181,27 @@ def test_shapes_change_between_calls():
     assert results[(2, 3)][0] == results[(2, 3)][1]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("residual,embed", [(False, 0), (True, 0), (False, H), (False, 3)])
+def test_layers_share_buffers_and_stay_exact(cell, residual, embed):
+    """The layers share one packed-weight store, and without residual paths one dy/dx
+    buffer wherever a layer's input is H wide; the gradients still match the naive
+    reference (a layer writes dx_t over its dy_t only after reading it)."""
+    m = Model.from_config(_cfg(cell=cell, num_layers=3, residual=residual,
+                               embed_size=embed), seed=1)
+    x, y = _xy(3, 4, seed=2)
+    loss, g = m.loss_and_grad(x, y)
+    ref = naive.run(m.config, m.params, x, y)
+    assert loss == pytest.approx(ref["loss"], rel=1e-12)
+    for name, want in ref["grads"].items():
+        np.testing.assert_allclose(g[name], want, rtol=1e-9, atol=1e-12, err_msg=name)
+    buf = m._buffers[(3, 4)]
+    stores = [ws.pack_store for ws in buf.layers]
+    assert all(np.shares_memory(stores[0], s) for s in stores[1:])
+    shared = [getattr(ws, "dx", None) is buf.dy for ws in buf.layers]
+    assert shared == [(not residual and embed == H), not residual, not residual]
+
+
 def test_input_validation():
     m = Model.from_config(_cfg(), seed=0)
     x, y = _xy(2, 3)

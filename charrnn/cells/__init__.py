@@ -82,14 +82,24 @@ class Layer:
         """Elements of the weight-gradient scratch this layer needs (see workspace)."""
         return self.G * self.H * max(self.H, 0 if self.onehot else self.I)
 
-    def workspace(self, B: int, T: int, dtype, scratch=None) -> Workspace:
+    def pack_size(self, dtype) -> int:
+        """Elements of the packed-weight store this layer needs (see workspace)."""
+        fwd, bwd = self._packed_shapes(dtype)
+        return max(sum(int(np.prod(s)) for s in d.values()) for d in (fwd, bwd))
+
+    def workspace(self, B: int, T: int, dtype, scratch=None, pack_store=None) -> Workspace:
         """Buffers for one (B, T) shape.  ``scratch`` (at least :meth:`scratch_size`
         elements), shared by all the layers of a model, receives each weight-gradient
         product before it is added to the gradient: backward_finish runs one layer after
-        another, so one buffer serves them all (LSTM 2x512: 8 MB less)."""
+        another, so one buffer serves them all (LSTM 2x512: 8 MB less).  ``pack_store``
+        (at least :meth:`pack_size` elements) holds the packed weights; the layers of a
+        model may share one, because a pass packs a layer's weights right before that
+        layer's steps and the layers run one after another."""
         H, G, I = self.H, self.G, self.I
         if scratch is None:
             scratch = np.empty(self.scratch_size(), dtype)
+        if pack_store is None:
+            pack_store = np.empty(self.pack_size(dtype), dtype)
         ws = Workspace(B, T)
         ws.xp = np.empty((T, B, G * H), dtype)       # (T, B, G*H) projection; dxp in backward
         ws.hs = np.empty((T + 1, B, H), dtype)       # (T+1, B, H) h_0 .. h_T
@@ -107,8 +117,7 @@ class Layer:
         # pass W_hh (and W_ih) packed.  A pass packs what it reads when it starts, so the
         # two sets share one buffer (LSTM 2x512: 12 MB less).
         fwd, bwd = self._packed_shapes(dtype)
-        size = max(sum(int(np.prod(s)) for s in d.values()) for d in (fwd, bwd))
-        ws.pack_store = np.empty(size, dtype)
+        ws.pack_store = pack_store[:self.pack_size(dtype)]
         ws.pack_fwd = self._views(ws.pack_store, fwd)   # name -> packed array
         ws.pack_bwd = self._views(ws.pack_store, bwd)
         self._workspace(ws, B, T, dtype)
@@ -190,7 +199,8 @@ class Layer:
     # runs one chunk of all T steps); a backward pass is backward_start, then
     # backward_steps over the chunks from the last (each also leaves dx, the dy of the
     # layer below, for its steps), then backward_finish (the weight gradients, as
-    # products over all T steps).
+    # products over all T steps).  The model starts a layer's pass only when the pass of
+    # the layer before it is done, so the layers may share one packed-weight store.
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         """Sets h_0 (and c_0) from ``state`` (tuple of (B, H)) and refreshes the copies
         of the weights the steps read (packed, :mod:`charrnn.kernels.packed`)."""
@@ -221,7 +231,9 @@ class Layer:
 
     def dx_buffer(self, ws: Workspace) -> np.ndarray:
         """ws.dx (N, I), the gradient of the layer input, allocated at first use (a model
-        that only evaluates never needs it)."""
+        that only evaluates never needs it), unless the model has set it first.  It may
+        be the layer's own dy (when I == H): every step reads its rows of dy_t before it
+        writes the same rows of dx_t (charrnn.kernels.steps)."""
         if ws.dx is None:
             ws.dx = np.empty((ws.T * ws.B, self.I), ws.xp.dtype)    # (N, I)
         return ws.dx
