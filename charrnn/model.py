@@ -82,6 +82,12 @@ class Model:
         self._lg = [self._layer_views(self.grads, k, LayerParams)
                     for k in range(config.num_layers)]
         self._buffers: OrderedDict = OrderedDict()
+        #: 0: a training pass keeps every step's gate activations for backward (fastest).
+        #: k > 0: it keeps only the states h (and c) and backward recomputes the gates k
+        #: steps at a time (``charrnn train --low-memory``): the gate buffers shrink from
+        #: T to k steps for one more forward pass of time.  Loss and states are the same
+        #: bits; the weight gradients are summed chunk by chunk (last bits may differ).
+        self.recompute_steps = 0
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -198,7 +204,8 @@ class Model:
 
     # ------------------------------------------------------------------ buffers
     def _get_buffers(self, B: int, T: int) -> _Buffers:
-        key = (B, T)
+        chunk = min(self.recompute_steps, T) if self.recompute_steps > 0 else 0
+        key = (B, T, chunk)
         buf = self._buffers.get(key)
         if buf is not None:
             self._buffers.move_to_end(key)
@@ -226,9 +233,13 @@ class Model:
         buf.db_head = np.empty((V,), dt)                      # (V,)
         # shared by the layers, which run one after another: the weight-gradient scratch
         # and the packed weights (LSTM 2x512: 4 MB less; 3x512: 8 MB)
+        # (and with recomputation, the chunk-sized gate buffers)
         scratch = np.empty(max(layer.scratch_size() for layer in self._layers), dt)
-        packs = np.empty(max(layer.pack_size(dt) for layer in self._layers), dt)
-        buf.layers = [layer.workspace(B, T, dt, scratch, packs) for layer in self._layers]
+        packs = np.empty(max(layer.pack_size(dt, chunk) for layer in self._layers), dt)
+        steps = (np.empty(chunk * B * max(layer.steps_width() for layer in self._layers), dt)
+                 if chunk else None)
+        buf.layers = [layer.workspace(B, T, dt, scratch, packs, chunk, steps)
+                      for layer in self._layers]
         self._buffers[key] = buf
         while len(self._buffers) > _WORKSPACES_KEPT:
             self._buffers.popitem(last=False)
@@ -289,7 +300,7 @@ class Model:
             if k > 0 and masks is not None:
                 np.multiply(out[k - 1][t0:t1], masks[k - 1][t0:t1], out=x3[k][t0:t1])
             ws = buf.layers[k]
-            self._layers[k].forward_steps(ws, self._lp[k], buf.layer_in[k], idx, t0, t1)
+            self._layers[k].run_forward(ws, self._lp[k], buf.layer_in[k], idx, t0, t1)
             if c.residual and k > 0:
                 np.add(ws.hs[1 + t0:1 + t1], x3[k][t0:t1], out=out[k][t0:t1])
 
@@ -346,10 +357,10 @@ class Model:
             dy[k - 1] = self._layers[k].dx_buffer(buf.layers[k]).reshape(T, B, H)
 
         def work(k: int, t0: int, t1: int) -> None:
-            layer, ws = self._layers[k], buf.layers[k]
-            if t1 == T:                  # packs the layer's weights into the shared store
-                layer.backward_start(ws, self._lp[k])
-            layer.backward_steps(ws, self._lp[k], dy[k], t0, t1)    # and dx, if any
+            # the layer's whole backward pass: it packs its weights into the shared store,
+            # runs its steps (leaving dx, if any) and accumulates its weight gradients
+            self._layers[k].run_backward(buf.layers[k], self._lp[k], self._lg[k], dy[k],
+                                         buf.layer_in[k], idx)
             if k > 0:
                 dx3 = dy[k - 1][t0:t1]                         # (t1-t0, B, H)
                 if c.residual:
@@ -358,9 +369,6 @@ class Model:
                     dx3 *= masks[k - 1][t0:t1]
 
         self._run_layers(list(range(L - 1, -1, -1)), T, work)
-        for k in range(L - 1, -1, -1):
-            self._layers[k].backward_finish(buf.layers[k], self._lp[k], self._lg[k],
-                                            buf.layer_in[k], idx)
         if c.embed_size > 0:
             dx0 = buf.layers[0].dx                             # (N, E)
             K._scatter_add_rows(K.scatter_threads(dx0.shape[1], runtime.numba_threads()),

@@ -46,7 +46,7 @@ LN2 = math.log(2.0)
 # Options a resumed run may change: how long it runs and how often it reports.  Every
 # other option is part of what the run *is*; changing it needs --restart.
 RESUMABLE_CHANGES = {"max_iters", "max_epochs", "max_time", "eval_every", "save_every",
-                     "patience"}
+                     "patience", "low_memory"}
 
 
 @dataclass
@@ -105,7 +105,16 @@ def estimate_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> int:
          + V * (H + 1))
     N = tcfg.batch_size * tcfg.seq_len
     acts = L * N * (3 * G + 6) * H + 2 * N * V + 4 * N * H
+    if tcfg.low_memory:        # states kept whole, gate buffers one chunk of steps
+        Nc = min(N, tcfg.batch_size * recompute_chunk(tcfg.batch_size))
+        acts = L * N * 3 * H + (3 * G + 4) * Nc * H + 2 * N * V + 4 * N * H
     return int(item * (4 * P + 2 * acts) + 8 * 2 * N)
+
+
+def recompute_chunk(B: int) -> int:
+    """Steps per chunk of a --low-memory pass: at least 8, and enough that the chunk's
+    weight-gradient products have about 1024 rows (B per step)."""
+    return max(8, -(-1024 // B))
 
 
 def check_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> None:
@@ -598,6 +607,7 @@ class Trainer:
     def run(self) -> dict:
         t = self.tcfg
         model = self.model
+        model.recompute_steps = recompute_chunk(self.hi - self.lo) if t.low_memory else 0
         self._warm_up()
         B_local = self.hi - self.lo
         chars_per_step = t.batch_size * t.seq_len
@@ -754,5 +764,5 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
 
 
 __all__ = ["train", "Trainer", "RunOptions", "evaluate_split", "estimate_memory",
-           "check_memory", "merge_resumed", "vocab_map", "fmt_duration", "METRICS_NAME",
-           "RESUMABLE_CHANGES", "DataError"]
+           "check_memory", "recompute_chunk", "merge_resumed", "vocab_map", "fmt_duration",
+           "METRICS_NAME", "RESUMABLE_CHANGES", "DataError"]

@@ -105,6 +105,30 @@ def test_resume_takes_saved_options_and_refuses_conflicts(text_file, tmp_path, c
     assert Model.load(run).config.hidden_size == 32
 
 
+def test_low_memory_trains_alike_and_can_be_toggled_on_resume(text_file, tmp_path, capsys):
+    """--low-memory recomputes the gates in backward: the losses are the same and the
+    weights agree to rounding; a run may resume with it on or off."""
+    plain, low = tmp_path / "plain", tmp_path / "low"
+    args = [*SMALL, "--layers", "2", "--seq-len", "20", "--max-epochs", "0", "--json"]
+    code, out_p, err = invoke(["train", text_file, "-o", plain, *args, "--max-iters", "10"],
+                              capsys)
+    assert code == 0, err
+    code, out_l, err = invoke(["train", text_file, "-o", low, *args, "--max-iters", "5",
+                               "--low-memory"], capsys)
+    assert code == 0, err
+    code, out_l2, err = invoke(["train", text_file, "-o", low, *args, "--max-iters", "10",
+                                "--no-low-memory"], capsys)
+    assert code == 0, err
+    ev_p = [json.loads(x) for x in out_p.splitlines() if '"eval"' in x]
+    ev_l = [json.loads(x) for x in (out_l + out_l2).splitlines() if '"eval"' in x]
+    assert [r["iter"] for r in ev_p] == [r["iter"] for r in ev_l] == [5, 10]
+    for a, b in zip(ev_p, ev_l):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    np.testing.assert_allclose(params(plain), params(low), rtol=1e-4, atol=1e-6)
+    ts = read_checkpoint(low / "latest.safetensors").train_state
+    assert ts["train_config"]["low_memory"] is False
+
+
 def test_corrupt_latest_is_refused(text_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert invoke(["train", text_file, "-o", run, *SMALL, "--max-iters", "5"], capsys)[0] == 0

@@ -28,6 +28,7 @@ does two products and two kernel calls per step (documented in :mod:`charrnn.cel
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,11 +54,30 @@ class LayerParams:
 
 
 class Workspace:
-    """Buffers of one layer for one (B, T) shape; attributes are set by the layer."""
+    """Buffers of one layer for one (B, T) shape; attributes are set by the layer.
 
-    def __init__(self, B: int, T: int):
+    ``chunk`` > 0 (recomputation, see :class:`Layer`): the per-step buffers that backward
+    can rebuild (:attr:`Layer.STEP_BUFFERS`) hold only ``chunk`` steps, in ``store``;
+    ``toff`` is the step of the sequence where the workspace's step 0 is (a chunk view's
+    first step; 0 for the workspace itself)."""
+
+    def __init__(self, B: int, T: int, dtype=np.float64, chunk: int = 0, store=None):
         self.B = B
         self.T = T
+        self.chunk = chunk
+        self.toff = 0
+        self._dtype = dtype
+        self._store = store
+        self._used = 0
+
+    def steps(self, width: int) -> np.ndarray:
+        """A (T, B, width) per-step buffer, or (chunk, B, width) from the chunk store."""
+        if not self.chunk:
+            return np.empty((self.T, self.B, width), self._dtype)
+        n = self.chunk * self.B * width
+        a = self._store[self._used:self._used + n].reshape(self.chunk, self.B, width)
+        self._used += n
+        return a
 
 
 class Layer:
@@ -68,6 +88,11 @@ class Layer:
     #: b_ih and b_hh enter every pre-activation as a sum, so their gradients are the
     #: same column sum of ws.xp, computed once (not so in the GRU's n gate)
     SAME_BIAS_GRADS = True
+    #: per-step buffers (T, B, .) that only the steps of one chunk need, once backward
+    #: recomputes them (the state sequences hs, cs are kept whole)
+    STEP_BUFFERS = ("xp",)
+    #: the state sequences (T+1, B, H)
+    STATE_BUFFERS = ("hs",)
 
     def __init__(self, cfg, index: int):
         self.index = index
@@ -82,26 +107,38 @@ class Layer:
         """Elements of the weight-gradient scratch this layer needs (see workspace)."""
         return self.G * self.H * max(self.H, 0 if self.onehot else self.I)
 
-    def pack_size(self, dtype) -> int:
-        """Elements of the packed-weight store this layer needs (see workspace)."""
+    def pack_size(self, dtype, chunk: int = 0) -> int:
+        """Elements of the packed-weight store this layer needs (see workspace): the
+        larger of the forward and backward sets, or both with recomputation."""
         fwd, bwd = self._packed_shapes(dtype)
-        return max(sum(int(np.prod(s)) for s in d.values()) for d in (fwd, bwd))
+        sizes = [sum(int(np.prod(s)) for s in d.values()) for d in (fwd, bwd)]
+        return sum(sizes) if chunk else max(sizes)
 
-    def workspace(self, B: int, T: int, dtype, scratch=None, pack_store=None) -> Workspace:
+    def steps_width(self) -> int:
+        """Values per batch row and step of the STEP_BUFFERS (G*H: the gates)."""
+        return self.G * self.H
+
+    def workspace(self, B: int, T: int, dtype, scratch=None, pack_store=None, chunk: int = 0,
+                  chunk_store=None) -> Workspace:
         """Buffers for one (B, T) shape.  ``scratch`` (at least :meth:`scratch_size`
         elements), shared by all the layers of a model, receives each weight-gradient
         product before it is added to the gradient: backward_finish runs one layer after
         another, so one buffer serves them all (LSTM 2x512: 8 MB less).  ``pack_store``
         (at least :meth:`pack_size` elements) holds the packed weights; the layers of a
         model may share one, because a pass packs a layer's weights right before that
-        layer's steps and the layers run one after another."""
+        layer's steps and the layers run one after another.  ``chunk`` > 0: recompute
+        (see :meth:`run_backward`), the STEP_BUFFERS in ``chunk_store`` (at least
+        chunk * B * :meth:`steps_width` elements, shared by the layers too)."""
         H, G, I = self.H, self.G, self.I
+        chunk = min(chunk, T)
         if scratch is None:
             scratch = np.empty(self.scratch_size(), dtype)
         if pack_store is None:
-            pack_store = np.empty(self.pack_size(dtype), dtype)
-        ws = Workspace(B, T)
-        ws.xp = np.empty((T, B, G * H), dtype)       # (T, B, G*H) projection; dxp in backward
+            pack_store = np.empty(self.pack_size(dtype, chunk), dtype)
+        if chunk and chunk_store is None:
+            chunk_store = np.empty(chunk * B * self.steps_width(), dtype)
+        ws = Workspace(B, T, dtype, chunk, chunk_store)
+        ws.xp = ws.steps(G * H)                      # (T, B, G*H) projection; dxp in backward
         ws.hs = np.empty((T + 1, B, H), dtype)       # (T+1, B, H) h_0 .. h_T
         ws.zeros = np.zeros((B, H), dtype)           # (B, H) dh coming from beyond step T
         ws.dh_mm = np.empty((B, H), dtype)           # (B, H) d(pre)_{t+1} W_hh
@@ -116,10 +153,12 @@ class Layer:
         # Packed weights: the forward pass reads W_hh^T (and W_ih^T) packed, the backward
         # pass W_hh (and W_ih) packed.  A pass packs what it reads when it starts, so the
         # two sets share one buffer (LSTM 2x512: 12 MB less).
+        # With recomputation backward reads both sets, one after the other in the store.
         fwd, bwd = self._packed_shapes(dtype)
-        ws.pack_store = pack_store[:self.pack_size(dtype)]
+        ws.pack_store = pack_store[:self.pack_size(dtype, chunk)]
         ws.pack_fwd = self._views(ws.pack_store, fwd)   # name -> packed array
-        ws.pack_bwd = self._views(ws.pack_store, bwd)
+        at = sum(a.size for a in ws.pack_fwd.values()) if chunk else 0
+        ws.pack_bwd = self._views(ws.pack_store[at:], bwd)
         self._workspace(ws, B, T, dtype)
         return ws
 
@@ -204,12 +243,16 @@ class Layer:
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         """Sets h_0 (and c_0) from ``state`` (tuple of (B, H)) and refreshes the copies
         of the weights the steps read (packed, :mod:`charrnn.kernels.packed`)."""
+        self._pack_inputs(ws, p)
+        ws.hs[0] = state[0]
+
+    def _pack_inputs(self, ws: Workspace, p: LayerParams) -> None:
+        """The forward steps' copies of W_ih (transposed, or packed) and of W_hh."""
         if self.onehot:
             np.copyto(ws.w_t, p.w_ih.T)
         else:
             packed(p.w_ih.T, ws.pack_fwd["w_ih_t"])
         self._pack_forward(ws, p)
-        ws.hs[0] = state[0]
 
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         """Steps t0..t1-1 (h_t into ws.hs[t+1]); x rows of steps t0..t1-1 must be ready."""
@@ -217,17 +260,76 @@ class Layer:
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         """Zero gradient flowing in from beyond step T; W_hh and W_ih packed for the
-        steps and the input gradient."""
+        steps and the input gradient (and, to recompute, for the forward steps)."""
         ws.dh_next = ws.zeros
         packed(p.w_hh, ws.pack_bwd["w_hh"])
         if not self.onehot:
             packed(p.w_ih, ws.pack_bwd["w_ih"])
+        if ws.chunk:
+            self._pack_inputs(ws, p)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         """Steps t1-1 down to t0, given dy (T, B, H) (rows t0..t1-1 ready): the
         pre-activation gradients go into ws.xp; the gradient reaching h_{t0-1} through
         the recurrence is kept for the next chunk."""
         raise TypeError(f"{type(self).__name__} does not define backward_steps")
+
+    # ------------------------------------------------------------------ whole passes
+    # Recomputation (ws.chunk > 0, ``charrnn train --low-memory``): the forward pass keeps
+    # only the state sequences (h, and c for the LSTM), writing each chunk's gates into
+    # the one chunk-sized buffer; the backward pass walks the chunks from the last,
+    # runs the forward steps of the chunk again from its stored first state (the same
+    # kernels on the same inputs: the same bits, h and c rewritten unchanged), then the
+    # backward steps and the chunk's share of the weight gradients.  Memory of the gates
+    # drops from T to chunk steps; the time of one more forward pass is the price.
+    def _view(self, ws: Workspace, t0: int, t1: int) -> Workspace:
+        """Steps t0..t1-1 of ``ws`` as a workspace of its own (T = t1 - t0): the state
+        sequences and dx sliced, the step buffers the chunk-sized ones."""
+        v = copy.copy(ws)
+        v.T, v.toff = t1 - t0, ws.toff + t0
+        for name in self.STEP_BUFFERS:
+            setattr(v, name, getattr(ws, name)[:t1 - t0])
+        for name in self.STATE_BUFFERS:
+            setattr(v, name, getattr(ws, name)[t0:t1 + 1])
+        if getattr(ws, "dx", None) is not None:
+            v.dx = ws.dx[t0 * ws.B:t1 * ws.B]
+        return v
+
+    def _chunks(self, ws: Workspace, t0: int, t1: int):
+        return [(a, min(t1, a + ws.chunk)) for a in range(t0, t1, ws.chunk)]
+
+    @staticmethod
+    def _rows(a, t0: int, t1: int, B: int):
+        return None if a is None else a[t0 * B:t1 * B]
+
+    def run_forward(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+        """Forward steps t0..t1-1, x (N, I) or None and idx (N,) flat, chunk by chunk when
+        recomputing."""
+        if not ws.chunk:
+            self.forward_steps(ws, p, x, idx, t0, t1)
+            return
+        for a, b in self._chunks(ws, t0, t1):
+            self.forward_steps(self._view(ws, a, b), p, self._rows(x, a, b, ws.B),
+                               idx[a * ws.B:b * ws.B], 0, b - a)
+
+    def run_backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx) -> None:
+        """The whole backward pass of the layer: dx (when the input is dense) and the
+        weight gradients accumulated into ``g``; dy (T, B, H)."""
+        T, B = ws.T, ws.B
+        self.backward_start(ws, p)
+        if not ws.chunk:
+            self.backward_steps(ws, p, dy, 0, T)
+            self.backward_finish(ws, p, g, x, idx)
+            return
+        if not self.onehot:
+            self.dx_buffer(ws)
+        for a, b in reversed(self._chunks(ws, 0, T)):
+            v = self._view(ws, a, b)
+            xr, ir = self._rows(x, a, b, B), idx[a * B:b * B]
+            self.forward_steps(v, p, xr, ir, 0, b - a)          # the chunk's gates again
+            self.backward_steps(v, p, dy[a:b], 0, b - a)
+            ws.dh_next = v.dh_next
+            self.backward_finish(v, p, g, xr, ir)
 
     def dx_buffer(self, ws: Workspace) -> np.ndarray:
         """ws.dx (N, I), the gradient of the layer input, allocated at first use (a model

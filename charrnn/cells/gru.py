@@ -25,15 +25,17 @@ from . import Layer, LayerParams, Workspace
 
 class GRULayer(Layer):
     SAME_BIAS_GRADS = False
+    STEP_BUFFERS = ("xp", "gates", "aux", "dhh")
+
     def __init__(self, cfg, index: int):
         super().__init__(cfg, index)
         self.before = cfg.gru_reset == "before"
 
     def _workspace(self, ws: Workspace, B: int, T: int, dtype) -> None:
         H = self.H
-        ws.gates = np.empty((T, B, 3 * H), dtype)   # (T, B, 3H) r, z, n after activation
-        ws.aux = np.empty((T, B, H), dtype)         # (T, B, H) W_hn h + b_hn, or r * h
-        ws.dhh = np.empty((T, B, 3 * H), dtype)     # (T, B, 3H) d(recurrent product)
+        ws.gates = ws.steps(3 * H)                  # (T, B, 3H) r, z, n after activation
+        ws.aux = ws.steps(H)                        # (T, B, H) W_hn h + b_hn, or r * h
+        ws.dhh = ws.steps(3 * H)                    # (T, B, 3H) d(recurrent product)
         ws.dh_dir = np.empty((B, H), dtype)         # (B, H) dL/dh_{t-1} outside the product
         if self.before:
             ws.hrz = np.empty((B, 2 * H), dtype)    # (B, 2H) h_{t-1} W_hrz^T
@@ -41,6 +43,9 @@ class GRULayer(Layer):
             ws.drh = np.empty((B, H), dtype)        # (B, H) dL/d(r * h_{t-1})
         else:
             ws.hh = np.empty((B, 3 * H), dtype)     # (B, 3H) h_{t-1} W_hh^T
+
+    def steps_width(self) -> int:
+        return 10 * self.H                          # xp, gates, dhh (3H each) and aux
 
     # Kept for backward: h for T+1 steps, 3 gates and one auxiliary (B, H) array for T
     # steps: ((T+1) + 4T) * B * H * s bytes; B=50, T=50, H=256, float32:
@@ -81,10 +86,10 @@ class GRULayer(Layer):
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
         drh = ws.drh if self.before else ws.dh_mm
-        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1,
+        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux,
                   ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
-        if t0 > 0:
+        if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:

@@ -23,6 +23,7 @@ from . import Layer, LayerParams, Workspace
 
 class LSTMLayer(Layer):
     n_state = 2
+    STATE_BUFFERS = ("hs", "cs")
 
     def __init__(self, cfg, index: int):
         super().__init__(cfg, index)
@@ -67,13 +68,14 @@ class LSTMLayer(Layer):
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, 4H) gates in, their gradients out
         peep, use_peep = self._peep(ws, p)
-        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1,
+        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc,
                   ws.pack_bwd["w_hh"], peep, use_peep, ws.dpeep)
-        if t0 > 0:
+        if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 
     def backward_finish(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx) -> None:
         if self.peepholes:
             g.peep += ws.dpeep.reshape(ws.B, 3, self.H).sum(axis=0)
+            ws.dpeep.fill(0)                        # a recomputing pass adds per chunk
         super().backward_finish(ws, p, g, x, idx)

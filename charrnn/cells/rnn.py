@@ -31,7 +31,7 @@ class RNNLayer(Layer):
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
-        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1,
+        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.pack_bwd["w_hh"])
-        if t0 > 0:
+        if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm

@@ -64,6 +64,10 @@ OPTIONS = [
     (("--patience",), "train", "patience", _INT(0),
      "Stop after N evaluations without improvement (0 = off)."),
     (("--seed",), "train", "seed", _INT(0, 2**63 - 1), "Random seed."),
+    # resources
+    (("--low-memory/--no-low-memory",), "train", "low_memory", None,
+     "Recompute the gates in backward instead of keeping them: much less memory, "
+     "about a third more time."),
 ]
 
 

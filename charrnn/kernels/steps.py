@@ -28,7 +28,10 @@ with ``dense`` computes dx_t = d(pre)_t W_ih for its rows after each step's grad
 Dimension letters: B batch, H hidden, G gates; arrays are time-major (T, B, .).
 Backward kernels take ``dh_in`` (B, H), the gradient reaching h_{t1-1} through the
 recurrence from the chunk after, and leave the one for the chunk before in ``dh_mm``
-(when t0 > 0).
+(when the chunk does not start at step 0 of the sequence).  Their arrays may be views
+that start at step ``toff`` of the sequence (the chunks of a layer that recomputes its
+gates in backward, :mod:`charrnn.cells`); t is then relative to the view and step
+t + toff of the sequence has no step before it when t + toff == 0.
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ def _lstm_forward_steps(nth, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_
 
 
 @jit
-def _lstm_backward_rows(r0, r1, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs,
+def _lstm_backward_rows(r0, r1, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs,
                         tc, wp_b, peep, use_peep, dpeep):
     r = slice(r0, r1)
     dh = dh_in[r]
@@ -76,17 +79,17 @@ def _lstm_backward_rows(r0, r1, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc,
                             peep, use_peep, dpre[t][r], dpeep[r])
         if dense:
             _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
-        if t > 0:
+        if t + toff > 0:
             _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
             dh = dh_mm[r]
 
 
 @pjit
-def _lstm_backward_steps(nth, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs, tc,
+def _lstm_backward_steps(nth, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs, tc,
                          wp_b, peep, use_peep, dpeep):
     B = dc.shape[0]
     for i in prange(nth):
-        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, dense, dx, wp_ihb, dy,
+        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, toff, dense, dx, wp_ihb, dy,
                             dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep, use_peep, dpeep)
 
 
@@ -126,7 +129,7 @@ def _gru_forward_steps(nth, before, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, w
 
 
 @jit
-def _gru_backward_rows(r0, r1, before, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
+def _gru_backward_rows(r0, r1, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
                        gates, aux, hs, dxp, dhh, wp_b, drh):
     H = hs.shape[2]
     r = slice(r0, r1)
@@ -137,7 +140,7 @@ def _gru_backward_rows(r0, r1, before, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_
                                dxp[t][r], dhh[t][r])
             if dense:
                 _mm(dxp[t][r], wp_ihb, dx[t][r])                       # (b, I)
-            if t > 0:
+            if t + toff > 0:
                 _mm(dhh[t][r], wp_b, dh_mm[r])                         # (b, H)
                 dh = dh_mm[r]
         else:
@@ -148,17 +151,17 @@ def _gru_backward_rows(r0, r1, before, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_
                                hs[t][r], dxp[t][r], dhh[t][r])
             if dense:
                 _mm(dxp[t][r], wp_ihb, dx[t][r])                       # (b, I)
-            if t > 0:
+            if t + toff > 0:
                 _mm(dhh[t][r, :2 * H], wp_b[:, :2 * H], dh_mm[r])      # (b, H)
                 dh = dh_mm[r]
 
 
 @pjit
-def _gru_backward_steps(nth, before, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
+def _gru_backward_steps(nth, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
                         gates, aux, hs, dxp, dhh, wp_b, drh):
     B = hs.shape[1]
     for i in prange(nth):
-        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, dense, dx,
+        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, toff, dense, dx,
                            wp_ihb, dy, dh_in, dh_mm, dh_dir, gates, aux, hs, dxp, dhh, wp_b,
                            drh)
 
@@ -188,7 +191,7 @@ def _rnn_forward_steps(nth, relu, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_
 
 
 @jit
-def _rnn_backward_rows(r0, r1, relu, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
+def _rnn_backward_rows(r0, r1, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
                        wp_b):
     r = slice(r0, r1)
     dh = dh_in[r]
@@ -196,15 +199,15 @@ def _rnn_backward_rows(r0, r1, relu, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm
         _rnn_backward_step(relu, dy[t][r], dh, hs[t + 1][r], dpre[t][r])
         if dense:
             _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
-        if t > 0:
+        if t + toff > 0:
             _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
             dh = dh_mm[r]
 
 
 @pjit
-def _rnn_backward_steps(nth, relu, t0, t1, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
+def _rnn_backward_steps(nth, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
                         wp_b):
     B = hs.shape[1]
     for i in prange(nth):
-        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, dense, dx, wp_ihb,
+        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, toff, dense, dx, wp_ihb,
                            dy, dh_in, dh_mm, hs, dpre, wp_b)
