@@ -48,7 +48,11 @@ def charrnn_model(c):
     configure_threads(c["threads"])
     cfg = ModelConfig(cell=c["cell"], vocab_size=c["V"], hidden_size=c["H"],
                       num_layers=c["L"])
-    return Model.from_config(cfg, seed=0)
+    model = Model.from_config(cfg, seed=0)
+    if c.get("low_memory"):                        # as `charrnn train --low-memory` sets it
+        from charrnn.train import recompute_chunk
+        model.recompute_steps = recompute_chunk(c["B"])
+    return model
 
 
 def charrnn_train(c) -> dict:

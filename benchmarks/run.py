@@ -27,13 +27,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 V = 65                      # tinyshakespeare's vocabulary
 
-TRAIN = [  # name, cell, L, H, B, T
-    ("LSTM 2x128", "lstm", 2, 128, 50, 50),
-    ("LSTM 2x256", "lstm", 2, 256, 50, 50),
-    ("LSTM 2x512", "lstm", 2, 512, 50, 100),
-    ("LSTM 3x512", "lstm", 3, 512, 50, 100),
-    ("GRU 2x256", "gru", 2, 256, 50, 50),
-    ("RNN 2x256", "rnn", 2, 256, 50, 50),
+TRAIN = [  # name, cell, L, H, B, T, charrnn with --low-memory (PyTorch as always)
+    ("LSTM 2x128", "lstm", 2, 128, 50, 50, False),
+    ("LSTM 2x256", "lstm", 2, 256, 50, 50, False),
+    ("LSTM 2x512", "lstm", 2, 512, 50, 100, False),
+    ("LSTM 3x512", "lstm", 3, 512, 50, 100, False),
+    ("GRU 2x256", "gru", 2, 256, 50, 50, False),
+    ("RNN 2x256", "rnn", 2, 256, 50, 50, False),
+    ("LSTM 2x512, charrnn --low-memory", "lstm", 2, 512, 50, 100, True),
 ]
 SAMPLE = [  # name, L, H, streams, chars per stream
     ("LSTM 2x256, 1 stream", 2, 256, 1, 2000),
@@ -101,8 +102,8 @@ def main() -> None:
 
     # ---- training and evaluation throughput
     train_rows = []
-    for name, cell, L, H, B, T in TRAIN:
-        c = dict(rep, cell=cell, L=L, H=H, B=B, T=T, V=V)
+    for name, cell, L, H, B, T, low in TRAIN:
+        c = dict(rep, cell=cell, L=L, H=H, B=B, T=T, V=V, low_memory=low)
         if H >= 512:
             c["inner"] = 2 if a.quick else 3
         ours, theirs = median_pair(lambda: worker("charrnn", "train", c)["sec_per_batch"],
@@ -134,9 +135,12 @@ def main() -> None:
     # ---- memory
     c = dict(threads=th, cell="lstm", L=2, H=512, B=50, T=100, V=V)
     rss_ours = statistics.median(worker("charrnn", "rss", c)["peak_rss_mb"] for _ in range(2))
+    rss_low = statistics.median(worker("charrnn", "rss", dict(c, low_memory=True))
+                                ["peak_rss_mb"] for _ in range(2))
     rss_torch = (statistics.median(worker("torch", "rss", c)["peak_rss_mb"] for _ in range(2))
                  if torch_ok else None)
-    log(f"peak RSS LSTM 2x512: charrnn {rss_ours:.0f} MB, torch {rss_torch or 0:.0f} MB")
+    log(f"peak RSS LSTM 2x512: charrnn {rss_ours:.0f} MB (--low-memory {rss_low:.0f} MB), "
+        f"torch {rss_torch or 0:.0f} MB")
 
     # ---- start-up
     charrnn = [sys.executable, "-m", "charrnn"]
@@ -211,6 +215,7 @@ def main() -> None:
         "|---|---|---|",
         f"| peak RSS, training LSTM 2x512 (B=50, T=100) | {rss_ours:,.0f} MB | "
         f"{'n/a' if rss_torch is None else f'{rss_torch:,.0f} MB'} |",
+        f"| the same, charrnn with --low-memory | {rss_low:,.0f} MB | |",
         f"| `charrnn --help` | {help_s:.2f} s | |",
         f"| `charrnn sample -n 100` (warm numba cache, LSTM 2x256) | {sample_s:.2f} s | |",
         f"| `python -c 'import torch'` | | "
