@@ -69,42 +69,71 @@ def _lstm_forward_step(xp, hh, b_hh, peep, use_peep, c_prev, h, c, gates, tc):
 
 
 @jit
-def _lstm_backward_step(dy, dh_mm, dc, gates, c_prev, c, tc, peep, use_peep, dpre, dpeep):
+def _lstm_backward_step(dy, dh_mm, dc, gd, c_prev, c, tc, peep, use_peep, dpeep):
     """dc (B, H) carries dL/dc_t in and dL/dc_{t-1} out; dpeep (B, 3H) accumulates.
+    ``gd`` (B, 4H) holds the gate activations i, f, g, o in and their pre-activation
+    gradients out.
 
     tanh(c_t) is recomputed into the scratch ``tc`` (B, H) instead of being kept from
-    the forward pass.  ``dpre`` may be ``gates`` itself: each (b, j) reads its four gate
-    values before it writes its four pre-activation gradients at the same places."""
-    one = dy.dtype.type(1)
+    the forward pass.  Each row is a few simple loops over (B, H) slices, each updating
+    its gate slice in place through one array, which LLVM vectorises (one loop over all
+    the arrays stayed scalar: it could not rule out their overlap; measured 16 -> 8 us
+    per step at B=25, H=256)."""
     B, H = dy.shape
     for b in prange(B):
         tanh_into(c[b], tc[b])
-        for j in range(H):
-            i = gates[b, j]
-            f = gates[b, H + j]
-            g = gates[b, 2 * H + j]
-            o = gates[b, 3 * H + j]
-            t = tc[b, j]
-            cp = c_prev[b, j]
-            dh = dy[b, j] + dh_mm[b, j]
-            do_pre = dh * t * o * (one - o)
-            dct = dc[b, j] + dh * o * (one - t * t)
-            if use_peep:
-                dct += do_pre * peep[2, j]
-            di_pre = dct * g * i * (one - i)
-            df_pre = dct * cp * f * (one - f)
-            dg_pre = dct * i * (one - g * g)
-            dcp = dct * f
-            if use_peep:
-                dcp += di_pre * peep[0, j] + df_pre * peep[1, j]
-                dpeep[b, j] += di_pre * cp
-                dpeep[b, H + j] += df_pre * cp
-                dpeep[b, 2 * H + j] += do_pre * c[b, j]
-            dc[b, j] = dcp
-            dpre[b, j] = di_pre
-            dpre[b, H + j] = df_pre
-            dpre[b, 2 * H + j] = dg_pre
-            dpre[b, 3 * H + j] = do_pre
+        a = gd[b]
+        _lstm_bwd_out(dy[b], dh_mm[b], tc[b], a[3 * H:], dc[b])
+        if use_peep:
+            _lstm_bwd_peep_out(a[3 * H:], peep[2], c[b], dc[b], dpeep[b, 2 * H:])
+        _lstm_bwd_ifg(a, c_prev[b], dc[b])
+        if use_peep:
+            _lstm_bwd_peep_if(a, peep[0], peep[1], c_prev[b], dc[b], dpeep[b])
+
+
+@jit
+def _lstm_bwd_out(dy, dhm, tc, go, dc):
+    """go: o in, d(o pre) out; dc: dL/dc_t from step t+1 in, plus the path through h_t."""
+    one = dy.dtype.type(1)
+    for j in range(dy.shape[0]):
+        dh = dy[j] + dhm[j]
+        o = go[j]
+        t = tc[j]
+        go[j] = dh * t * o * (one - o)
+        dc[j] += dh * o * (one - t * t)
+
+
+@jit
+def _lstm_bwd_peep_out(do, p_o, c, dc, dp_o):
+    for j in range(do.shape[0]):
+        dc[j] += do[j] * p_o[j]
+        dp_o[j] += do[j] * c[j]
+
+
+@jit
+def _lstm_bwd_ifg(a, cp, dc):
+    """a (4H): i, f, g in, their pre-activation gradients out; dc: dL/dc_t in,
+    dL/dc_{t-1} out (without peepholes)."""
+    one = a.dtype.type(1)
+    H = cp.shape[0]
+    for j in range(H):
+        i = a[j]
+        f = a[H + j]
+        g = a[2 * H + j]
+        dct = dc[j]
+        a[j] = dct * g * i * (one - i)
+        a[H + j] = dct * cp[j] * f * (one - f)
+        a[2 * H + j] = dct * i * (one - g * g)
+        dc[j] = dct * f
+
+
+@jit
+def _lstm_bwd_peep_if(a, p_i, p_f, cp, dc, dp):
+    H = cp.shape[0]
+    for j in range(H):
+        dc[j] += a[j] * p_i[j] + a[H + j] * p_f[j]
+        dp[j] += a[j] * cp[j]
+        dp[H + j] += a[H + j] * cp[j]
 
 
 # ---------------------------------------------------------------- GRU (gates r, z, n)

@@ -76,7 +76,7 @@ def _lstm_backward_rows(r0, r1, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_m
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         _lstm_backward_step(dy[t][r], dh, dc[r], dpre[t][r], cs[t][r], cs[t + 1][r], tc[r],
-                            peep, use_peep, dpre[t][r], dpeep[r])
+                            peep, use_peep, dpeep[r])
         if dense:
             _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
         if t + toff > 0:
