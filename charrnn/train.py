@@ -107,7 +107,7 @@ def estimate_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> int:
     acts = L * N * (3 * G + 6) * H + 2 * N * V + 4 * N * H
     if tcfg.low_memory:        # states kept whole, gate buffers one chunk of steps
         Nc = min(N, tcfg.batch_size * recompute_chunk(tcfg.batch_size))
-        acts = L * N * 3 * H + (3 * G + 4) * Nc * H + 2 * N * V + 4 * N * H
+        acts = L * N * 3 * H + (3 * G + 3) * Nc * H + 2 * N * V + 4 * N * H
     return int(item * (4 * P + 2 * acts) + 8 * 2 * N)
 
 
@@ -117,13 +117,31 @@ def recompute_chunk(B: int) -> int:
     return max(8, -(-1024 // B))
 
 
-def check_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> None:
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def check_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> TrainConfig:
+    """``tcfg``, or ``tcfg`` with low_memory on when the run fits in the available
+    memory only that way (said on stderr); a ConfigError when it does not fit at all."""
     need = estimate_memory(mcfg, tcfg)
     avail = _available_memory()
-    if avail is not None and need > 0.9 * avail:
-        raise ConfigError(
-            f"this model and batch need about {need / 2**30:.1f} GiB of memory but only "
-            f"{avail / 2**30:.1f} GiB is available; lower --batch-size, --seq-len or --hidden")
+    if avail is None or need <= 0.9 * avail:
+        return tcfg
+    if not tcfg.low_memory:
+        low = tcfg.replace(low_memory=True)
+        need_low = estimate_memory(mcfg, low)
+        if need_low <= 0.9 * avail:
+            console.log(f"this model and batch need about {_fmt_bytes(need)} of memory but "
+                        f"only {_fmt_bytes(avail)} is available: training with --low-memory "
+                        f"({_fmt_bytes(need_low)}; the gates are recomputed in backward, "
+                        "1.3-1.4x the time)")
+            return low
+        need = need_low
+    raise ConfigError(
+        f"this model and batch need about {_fmt_bytes(need)} of memory (with --low-memory) "
+        f"but only {_fmt_bytes(avail)} is available; lower --batch-size, --seq-len or "
+        "--hidden")
 
 
 def _describe_option(section: str, name: str) -> str:
@@ -330,7 +348,7 @@ class Trainer:
             console.log(f"initialised from {ck.path}")
         else:
             self.mcfg = mcfg.replace(vocab_size=len(self.data_vocab))
-            check_memory(self.mcfg, tcfg)
+            tcfg = check_memory(self.mcfg, tcfg)
             model = Model.from_config(self.mcfg, seed=tcfg.seed)
             model.vocab = self.data_vocab
         self.tcfg = tcfg

@@ -129,6 +129,34 @@ def test_low_memory_trains_alike_and_can_be_toggled_on_resume(text_file, tmp_pat
     assert ts["train_config"]["low_memory"] is False
 
 
+def test_too_little_memory_turns_on_low_memory_or_refuses(text_file, tmp_path, capsys,
+                                                          monkeypatch):
+    import charrnn.train as T
+    from charrnn.config import ModelConfig, TrainConfig
+
+    args = ["--layers", "1", "--hidden", "16", "--batch-size", "128", "--seq-len", "32",
+            "--eval-every", "5", "--max-iters", "3"]
+    mcfg = ModelConfig(cell="lstm", num_layers=1, hidden_size=16, vocab_size=40)
+    tcfg = TrainConfig(batch_size=128, seq_len=32)         # chunks of 8 steps
+    full = T.estimate_memory(mcfg, tcfg)
+    low = T.estimate_memory(mcfg, tcfg.replace(low_memory=True))
+    assert low < full
+    run = tmp_path / "run"
+    monkeypatch.setattr(T, "_available_memory", lambda: int((low + full) / 2 / 0.9))
+    code, _, err = invoke(["train", text_file, "-o", run, *args], capsys)
+    assert code == 0, err
+    assert "training with --low-memory" in err
+    ts = read_checkpoint(run / "latest.safetensors").train_state
+    assert ts["train_config"]["low_memory"] is True
+    monkeypatch.setattr(T, "_available_memory", lambda: int(low / 2))
+    code, out, err = invoke(["train", text_file, "-o", tmp_path / "r2", *args], capsys)
+    assert code == 1 and out == ""
+    last = err.splitlines()[-1]
+    assert last.startswith("Error: this model and batch need about ") and \
+        last.endswith(" MB is available; lower --batch-size, --seq-len or --hidden") and \
+        "MB of memory (with --low-memory) but only " in last and "Traceback" not in err
+
+
 def test_corrupt_latest_is_refused(text_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert invoke(["train", text_file, "-o", run, *SMALL, "--max-iters", "5"], capsys)[0] == 0
