@@ -232,6 +232,29 @@ def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout
         np.testing.assert_allclose(lp, ref["logp"], rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("cell,opts", [("lstm", {"peepholes": True}), ("gru", {}),
+                                       ("gru", {"gru_reset": "before"}), ("rnn", {})])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_input_products_per_step_or_per_pass_are_the_same_bits(cell, opts, dtype,
+                                                               monkeypatch):
+    """Dense-input layers make x W_ih^T + b_ih and d(pre) W_ih inside the time loop or
+    as one product per pass (charrnn.cells.PER_STEP_BYTES): the same numbers."""
+    import charrnn.cells as C
+
+    cfg = _cfg(cell=cell, num_layers=3, embed_size=4, residual=True, dtype=dtype, **opts)
+    x, y = _xy(20, 6, seed=4)                 # 20 rows: both threads get rows
+    out = []
+    for limit in (0, 1 << 40):
+        monkeypatch.setattr(C, "PER_STEP_BYTES", limit)
+        m = Model.from_config(cfg, seed=2)
+        assert m._layers[1].per_step_inputs(m.dtype) == bool(limit)
+        loss, final = m.forward_backward(x, y, train=False)
+        out.append((loss, m.grad_flat.copy(), final))
+    assert out[0][0] == out[1][0]
+    assert np.array_equal(out[0][1], out[1][1])
+    assert all(np.array_equal(a, b) for a, b in zip(out[0][2], out[1][2]))
+
+
 def test_input_validation():
     m = Model.from_config(_cfg(), seed=0)
     x, y = _xy(2, 3)

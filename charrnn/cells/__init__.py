@@ -12,11 +12,13 @@ The work of a layer, in every cell, is one time loop per pass
 (:mod:`charrnn.kernels.steps`), run by numba's threads over ranges of batch rows:
 
 * forward, per step and row range: the input projection x_t W_ih^T + b_ih (for one-hot
-  input, a gather of rows of a transposed copy of W_ih, refreshed at every pass), the
+  input, a gather of rows of a transposed copy of W_ih, refreshed at every pass; for a
+  wide dense input, made for all steps before the loop, see PER_STEP_BYTES), the
   recurrent product h_{t-1} W_hh^T, then ONE fused kernel
   (:mod:`charrnn.kernels.cells`) for the gates;
 * backward, per step and row range: one fused gate-gradient kernel, then d(pre)_t W_ih
-  (dx, the gradient of the layer input) and d(pre)_t W_hh (for dh_{t-1});
+  (dx, the gradient of the layer input; for a wide dense input, after the loop) and
+  d(pre)_t W_hh (for dh_{t-1});
 * the products of a step go through the packed-weight kernel of
   :mod:`charrnn.kernels.packed`, from weights packed once per pass;
 * after the loop, dW_hh and dW_ih as ONE product each over all T steps (numpy's BLAS,
@@ -35,7 +37,20 @@ import numpy as np
 
 from .. import runtime
 from ..kernels import cells as K
-from ..kernels.packed import packed, packed_shape
+from ..kernels.packed import matmul, packed, packed_shape
+
+#: Where a dense-input layer (every layer but a one-hot first one) makes its input
+#: projection x_t W_ih^T + b_ih and its input gradient d(pre)_t W_ih: each step for its
+#: rows, inside the time loop next to the recurrent product, while W_ih and W_hh
+#: together take at most this many bytes (they stay in a core's cache as the loop streams
+#: both every step); above it, each as ONE product over all the steps of the pass, rows
+#: shared between threads, before (after) the loop, which then streams only W_hh.  The
+#: numbers are the same bits either way (the same chain of fused multiply-adds per
+#: element).  Measured on an Intel Xeon (2 cores, 2 MB L2 each), LSTM layer 1 forward,
+#: B=T=50: H=256, 10.7 ms per-step -> 4.1 + 5.5 ms whole-pass; H=512 43.5 -> 18.3 + 22.6
+#: ms; end to end (benchmarks/_worker.py, alternating runs, +-3% noise) training 2x256
+#: +3-4%, 2x512 +3%, evaluation 2x256 +2%, but training 2x128 -3% (both weights 512 KB).
+PER_STEP_BYTES = 512 * 1024
 
 #: fewest batch rows a thread of a time loop gets (each thread streams all of W_hh per
 #: step, so a thread with very few rows would mostly move weights)
@@ -200,24 +215,47 @@ class Layer:
             rows(0, ws.B, *args)
 
     # ------------------------------------------------------------------ helpers
-    def _input_args(self, ws: Workspace, p: LayerParams, x, idx) -> tuple:
+    def _input_args(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> tuple:
         """(inp, x (T, B, I), packed W_ih^T, b_ih, idx (T, B), W_ih^T (V, G*H)) for the
-        forward time loops, which make each step's input projection for their rows
-        right before the recurrent product: inp = 1, dense input, x_t W_ih^T + b_ih;
-        inp = 2, one-hot input, rows of the transposed copy of W_ih gathered by token
-        id, plus b_ih.  The arrays a mode does not read are stand-ins of the same
-        types."""
+        forward time loops over steps t0..t1-1.  inp = 2, one-hot input: each step
+        gathers rows of the transposed copy of W_ih by token id, plus b_ih.  Dense input:
+        the projection x_t W_ih^T + b_ih is made by each step for its rows (inp = 1),
+        or for all the steps here first, as ONE product with the rows shared between
+        threads (inp = 0), see :data:`PER_STEP_BYTES`.  The arrays a mode does not read
+        are stand-ins of the same types."""
         ids = idx.reshape(ws.T, ws.B)                # (T, B)
         if self.onehot:
             return 2, ws.xp, ws.pack_fwd["w_hh_t"], p.b_ih, ids, ws.w_t
-        return 1, x.reshape(ws.T, ws.B, self.I), ws.pack_fwd["w_ih_t"], p.b_ih, ids, ws.dh_mm
+        x3 = x.reshape(ws.T, ws.B, self.I)           # (T, B, I)
+        if self.per_step_inputs(x3.dtype):
+            return 1, x3, ws.pack_fwd["w_ih_t"], p.b_ih, ids, ws.dh_mm
+        if t1 > t0:
+            matmul(x3[t0:t1].reshape(-1, self.I), ws.pack_fwd["w_ih_t"],
+                   ws.xp[t0:t1].reshape(-1, self.G * self.H), bias=p.b_ih,
+                   threads=runtime.numba_threads())
+        return 0, x3, ws.pack_fwd["w_ih_t"], p.b_ih, ids, ws.dh_mm
+
+    def per_step_inputs(self, dtype) -> bool:
+        """Whether the time loops make the dense input products step by step."""
+        size = self.G * self.H * (self.I + self.H) * np.dtype(dtype).itemsize
+        return size <= PER_STEP_BYTES
 
     def _dx_args(self, ws: Workspace) -> tuple:
-        """(dense, dx (T, B, I), packed W_ih) for the backward time loops, which compute
-        dx_t = d(pre)_t W_ih for their rows right after each step's gradients."""
-        if self.onehot:
+        """(dense, dx (T, B, I), packed W_ih) for the backward time loops; with dense
+        they compute dx_t = d(pre)_t W_ih for their rows right after each step's
+        gradients, else :meth:`_dx_after` makes it after the loop (PER_STEP_BYTES)."""
+        if self.onehot or not self.per_step_inputs(ws.xp.dtype):
             return 0, ws.xp, ws.pack_bwd["w_hh"]
         return 1, self.dx_buffer(ws).reshape(ws.T, ws.B, self.I), ws.pack_bwd["w_ih"]
+
+    def _dx_after(self, ws: Workspace, t0: int, t1: int) -> None:
+        """dx of steps t0..t1-1 = d(pre) W_ih as one product (dense input, weights above
+        PER_STEP_BYTES), once the backward steps have left d(pre) in ws.xp."""
+        if self.onehot or self.per_step_inputs(ws.xp.dtype) or t1 <= t0:
+            return
+        B = ws.B
+        matmul(ws.xp[t0:t1].reshape(-1, self.G * self.H), ws.pack_bwd["w_ih"],
+               self.dx_buffer(ws)[t0 * B:t1 * B], threads=runtime.numba_threads())
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
         """dW_hh = sum_t dpre_t^T h_{t-1} as one product; db_hh = sum of dpre (the

@@ -76,7 +76,7 @@ class GRULayer(Layer):
         else:
             hh, hn, wp_n = ws.hh, ws.hh, ws.pack_fwd["w_hh_t"]
         self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
-                  *self._input_args(ws, p, x, idx), ws.xp, ws.pack_fwd["w_hh_t"], wp_n, p.b_hh,
+                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n, p.b_hh,
                   ws.hs, ws.gates, ws.aux, hh, hn)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
@@ -89,6 +89,7 @@ class GRULayer(Layer):
         self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux,
                   ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
+        self._dx_after(ws, t0, t1)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 
