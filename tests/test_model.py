@@ -207,10 +207,16 @@ def test_layers_share_buffers_and_stay_exact(cell, residual, embed):
                                        ("rnn", {"nonlinearity": "relu"})])
 @pytest.mark.parametrize("embed,residual,dropout", [(0, False, 0.0), (4, True, 0.3),
                                                     (H, False, 0.2)])
-def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout):
+@pytest.mark.parametrize("per_step", [True, False])
+def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout, per_step,
+                                            monkeypatch):
     """recompute_steps = k keeps only h (and c) and rebuilds each chunk's gates in
     backward: the loss and final state are the same bits, the gradients agree to
-    rounding (their sums run chunk by chunk), for chunks that do and do not divide T."""
+    rounding (their sums run chunk by chunk), for chunks that do and do not divide T,
+    with the dense input products inside the time loop or once per chunk."""
+    import charrnn.cells as C
+
+    monkeypatch.setattr(C, "PER_STEP_BYTES", 1 << 40 if per_step else 0)
     cfg = _cfg(cell=cell, num_layers=3, embed_size=embed, residual=residual,
                dropout=dropout, **opts)
     m = Model.from_config(cfg, seed=3)
