@@ -272,12 +272,12 @@ class Layer:
         return (ws.hs[ws.T],)
 
     # ------------------------------------------------------------------ interface
-    # A forward pass is forward_start, then forward_steps over chunks of steps (the model
-    # runs one chunk of all T steps); a backward pass is backward_start, then
-    # backward_steps over the chunks from the last (each also leaves dx, the dy of the
-    # layer below, for its steps), then backward_finish (the weight gradients, as
-    # products over all T steps).  The model starts a layer's pass only when the pass of
-    # the layer before it is done, so the layers may share one packed-weight store.
+    # A forward pass is forward_start, then run_forward (forward_steps over all T steps,
+    # or chunk by chunk when recomputing); a backward pass is run_backward:
+    # backward_start, backward_steps, dx (the dy of the layer below) and backward_finish
+    # (the weight gradients), over all T steps or chunk by chunk from the last.  The
+    # model starts a layer's pass only when the pass of the layer before it is done, so
+    # the layers may share one packed-weight store.
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         """Sets h_0 (and c_0) from ``state`` (tuple of (B, H)) and refreshes the copies
         of the weights the steps read (packed, :mod:`charrnn.kernels.packed`)."""
@@ -357,6 +357,7 @@ class Layer:
         self.backward_start(ws, p)
         if not ws.chunk:
             self.backward_steps(ws, p, dy, 0, T)
+            self._dx_after(ws, 0, T)
             self.backward_finish(ws, p, g, x, idx)
             return
         if not self.onehot:
@@ -366,6 +367,7 @@ class Layer:
             xr, ir = self._rows(x, a, b, B), idx[a * B:b * B]
             self.forward_steps(v, p, xr, ir, 0, b - a)          # the chunk's gates again
             self.backward_steps(v, p, dy[a:b], 0, b - a)
+            self._dx_after(v, 0, b - a)
             ws.dh_next = v.dh_next
             self.backward_finish(v, p, g, xr, ir)
 
@@ -373,7 +375,8 @@ class Layer:
         """ws.dx (N, I), the gradient of the layer input, allocated at first use (a model
         that only evaluates never needs it), unless the model has set it first.  It may
         be the layer's own dy (when I == H): every step reads its rows of dy_t before it
-        writes the same rows of dx_t (charrnn.kernels.steps)."""
+        writes the same rows of dx_t (charrnn.kernels.steps), or dx is made after the
+        loop (:meth:`_dx_after`)."""
         if ws.dx is None:
             ws.dx = np.empty((ws.T * ws.B, self.I), ws.xp.dtype)    # (N, I)
         return ws.dx

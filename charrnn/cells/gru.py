@@ -89,7 +89,6 @@ class GRULayer(Layer):
         self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux,
                   ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
-        self._dx_after(ws, t0, t1)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 

@@ -71,7 +71,6 @@ class LSTMLayer(Layer):
         self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc,
                   ws.pack_bwd["w_hh"], peep, use_peep, ws.dpeep)
-        self._dx_after(ws, t0, t1)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 

@@ -33,6 +33,5 @@ class RNNLayer(Layer):
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
         self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, ws.toff,
                   *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.pack_bwd["w_hh"])
-        self._dx_after(ws, t0, t1)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
