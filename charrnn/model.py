@@ -231,9 +231,9 @@ class Model:
         buf.wp_head = buf.wp_head_b = None                    # head weights, packed
         buf.dw_head = np.empty((V, H), dt)                    # (V, H)
         buf.db_head = np.empty((V,), dt)                      # (V,)
-        # shared by the layers, which run one after another: the weight-gradient scratch
-        # and the packed weights (LSTM 2x512: 4 MB less; 3x512: 8 MB)
-        # (and with recomputation, the chunk-sized gate buffers)
+        # shared by the layers, which run one after another: the weight-gradient scratch,
+        # the packed weights (LSTM 2x512: 4 MB less; 3x512: 8 MB) and, when recomputing,
+        # the chunk-sized gate buffers
         scratch = np.empty(max(layer.scratch_size() for layer in self._layers), dt)
         packs = np.empty(max(layer.pack_size(dt, chunk) for layer in self._layers), dt)
         steps = (np.empty(chunk * B * max(layer.steps_width() for layer in self._layers), dt)
@@ -344,7 +344,8 @@ class Model:
         # is layer k+1's dx (plus the residual path, times the dropout mask), built in
         # place in layer k+1's dx buffer one chunk at a time.  Without residual paths, a
         # layer whose input is H wide writes its dx over its own dy (each step reads its
-        # rows of dy_t before it writes dx_t), so all the dy are one (N, H) buffer
+        # rows of dy_t before it writes dx_t, or dx is made after the loop), so all the
+        # dy are one (N, H) buffer
         # (LSTM 2x512: 10 MB less; 3x512: 20 MB).  With them, dy[k] is still needed
         # after layer k's steps (for the residual sum) and each layer has its own.
         if not c.residual:

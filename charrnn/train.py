@@ -625,9 +625,9 @@ class Trainer:
     def run(self) -> dict:
         t = self.tcfg
         model = self.model
-        model.recompute_steps = recompute_chunk(self.hi - self.lo) if t.low_memory else 0
-        self._warm_up()
         B_local = self.hi - self.lo
+        model.recompute_steps = recompute_chunk(B_local) if t.low_memory else 0
+        self._warm_up()
         chars_per_step = t.batch_size * t.seq_len
         run_start = time.monotonic()
         start_iter = self.iteration
