@@ -72,7 +72,7 @@ class Workspace:
     """Buffers of one layer for one (B, T) shape; attributes are set by the layer.
 
     ``chunk`` > 0 (recomputation, see :class:`Layer`): the per-step buffers that backward
-    can rebuild (:attr:`Layer.STEP_BUFFERS`) hold only ``chunk`` steps, in ``store``;
+    can rebuild (:meth:`Layer.step_buffers`) hold only ``chunk`` steps, in ``store``;
     ``toff`` is the step of the sequence where the workspace's step 0 is (a chunk view's
     first step; 0 for the workspace itself)."""
 
@@ -103,10 +103,7 @@ class Layer:
     #: b_ih and b_hh enter every pre-activation as a sum, so their gradients are the
     #: same column sum of ws.xp, computed once (not so in the GRU's n gate)
     SAME_BIAS_GRADS = True
-    #: per-step buffers (T, B, .) that only the steps of one chunk need, once backward
-    #: recomputes them (the state sequences hs, cs are kept whole)
-    STEP_BUFFERS = ("xp",)
-    #: the state sequences (T+1, B, H)
+    #: the state sequences (T+1, B, H), kept whole when recomputing
     STATE_BUFFERS = ("hs",)
 
     def __init__(self, cfg, index: int):
@@ -129,9 +126,14 @@ class Layer:
         sizes = [sum(int(np.prod(s)) for s in d.values()) for d in (fwd, bwd)]
         return sum(sizes) if chunk else max(sizes)
 
+    def step_buffers(self) -> dict[str, int]:
+        """The per-step buffers (T, B, width), name -> width, that backward can rebuild
+        (only a chunk of steps long when recomputing)."""
+        return {"xp": self.G * self.H}      # projection, gates; d(pre) in backward
+
     def steps_width(self) -> int:
-        """Values per batch row and step of the STEP_BUFFERS (G*H: the gates)."""
-        return self.G * self.H
+        """Values per batch row and step of all the :meth:`step_buffers`."""
+        return sum(self.step_buffers().values())
 
     def workspace(self, B: int, T: int, dtype, scratch=None, pack_store=None, chunk: int = 0,
                   chunk_store=None) -> Workspace:
@@ -142,7 +144,7 @@ class Layer:
         (at least :meth:`pack_size` elements) holds the packed weights; the layers of a
         model may share one, because a pass packs a layer's weights right before that
         layer's steps and the layers run one after another.  ``chunk`` > 0: recompute
-        (see :meth:`run_backward`), the STEP_BUFFERS in ``chunk_store`` (at least
+        (see :meth:`run_backward`), the step buffers in ``chunk_store`` (at least
         chunk * B * :meth:`steps_width` elements, shared by the layers too)."""
         H, G, I = self.H, self.G, self.I
         chunk = min(chunk, T)
@@ -153,7 +155,8 @@ class Layer:
         if chunk and chunk_store is None:
             chunk_store = np.empty(chunk * B * self.steps_width(), dtype)
         ws = Workspace(B, T, dtype, chunk, chunk_store)
-        ws.xp = ws.steps(G * H)                      # (T, B, G*H) projection; dxp in backward
+        for name, width in self.step_buffers().items():
+            setattr(ws, name, ws.steps(width))       # (T, B, width) or (chunk, B, width)
         ws.hs = np.empty((T + 1, B, H), dtype)       # (T+1, B, H) h_0 .. h_T
         ws.zeros = np.zeros((B, H), dtype)           # (B, H) dh coming from beyond step T
         ws.dh_mm = np.empty((B, H), dtype)           # (B, H) d(pre)_{t+1} W_hh
@@ -325,7 +328,7 @@ class Layer:
         sequences and dx sliced, the step buffers the chunk-sized ones."""
         v = copy.copy(ws)
         v.T, v.toff = t1 - t0, ws.toff + t0
-        for name in self.STEP_BUFFERS:
+        for name in self.step_buffers():
             setattr(v, name, getattr(ws, name)[:t1 - t0])
         for name in self.STATE_BUFFERS:
             setattr(v, name, getattr(ws, name)[t0:t1 + 1])

@@ -25,7 +25,6 @@ from . import Layer, LayerParams, Workspace
 
 class GRULayer(Layer):
     SAME_BIAS_GRADS = False
-    STEP_BUFFERS = ("xp", "gates", "aux", "dhh")
 
     def __init__(self, cfg, index: int):
         super().__init__(cfg, index)
@@ -33,9 +32,6 @@ class GRULayer(Layer):
 
     def _workspace(self, ws: Workspace, B: int, T: int, dtype) -> None:
         H = self.H
-        ws.gates = ws.steps(3 * H)                  # (T, B, 3H) r, z, n after activation
-        ws.aux = ws.steps(H)                        # (T, B, H) W_hn h + b_hn, or r * h
-        ws.dhh = ws.steps(3 * H)                    # (T, B, 3H) d(recurrent product)
         ws.dh_dir = np.empty((B, H), dtype)         # (B, H) dL/dh_{t-1} outside the product
         if self.before:
             ws.hrz = np.empty((B, 2 * H), dtype)    # (B, 2H) h_{t-1} W_hrz^T
@@ -44,8 +40,12 @@ class GRULayer(Layer):
         else:
             ws.hh = np.empty((B, 3 * H), dtype)     # (B, 3H) h_{t-1} W_hh^T
 
-    def steps_width(self) -> int:
-        return 10 * self.H                          # xp, gates, dhh (3H each) and aux
+    def step_buffers(self) -> dict[str, int]:
+        H = self.H
+        return {**super().step_buffers(),
+                "gates": 3 * H,                     # r, z, n after activation
+                "aux": H,                           # W_hn h + b_hn, or r * h
+                "dhh": 3 * H}                       # d(recurrent product)
 
     # Kept for backward: h for T+1 steps, 3 gates and one auxiliary (B, H) array for T
     # steps: ((T+1) + 4T) * B * H * s bytes; B=50, T=50, H=256, float32:
@@ -76,8 +76,8 @@ class GRULayer(Layer):
         else:
             hh, hn, wp_n = ws.hh, ws.hh, ws.pack_fwd["w_hh_t"]
         self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
-                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n, p.b_hh,
-                  ws.hs, ws.gates, ws.aux, hh, hn)
+                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n,
+                  p.b_hh, ws.hs, ws.gates, ws.aux, hh, hn)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
@@ -86,9 +86,9 @@ class GRULayer(Layer):
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
         drh = ws.drh if self.before else ws.dh_mm
-        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1, ws.toff,
-                  *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates, ws.aux,
-                  ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
+        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1,
+                  ws.toff, *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates,
+                  ws.aux, ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 

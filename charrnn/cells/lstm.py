@@ -56,8 +56,8 @@ class LSTMLayer(Layer):
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         peep, use_peep = self._peep(ws, p)
         self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1,
-                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], p.b_hh, peep,
-                  use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
+                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
+                  p.b_hh, peep, use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)

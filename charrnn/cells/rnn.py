@@ -26,8 +26,8 @@ class RNNLayer(Layer):
     # buffer, 2.6 MB, reused for the pre-activation gradients).
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, self.relu, t0, t1,
-                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], p.b_hh, ws.hs,
-                  ws.hh)
+                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
+                  p.b_hh, ws.hs, ws.hh)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer

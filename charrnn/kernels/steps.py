@@ -70,8 +70,8 @@ def _lstm_forward_steps(nth, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_
 
 
 @jit
-def _lstm_backward_rows(r0, r1, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs,
-                        tc, wp_b, peep, use_peep, dpeep):
+def _lstm_backward_rows(r0, r1, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre,
+                        cs, tc, wp_b, peep, use_peep, dpeep):
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
@@ -85,12 +85,12 @@ def _lstm_backward_rows(r0, r1, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_m
 
 
 @pjit
-def _lstm_backward_steps(nth, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs, tc,
-                         wp_b, peep, use_peep, dpeep):
+def _lstm_backward_steps(nth, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs,
+                         tc, wp_b, peep, use_peep, dpeep):
     B = dc.shape[0]
     for i in prange(nth):
-        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, toff, dense, dx, wp_ihb, dy,
-                            dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep, use_peep, dpeep)
+        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, toff, dense, dx, wp_ihb,
+                            dy, dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep, use_peep, dpeep)
 
 
 # ---------------------------------------------------------------- GRU
@@ -129,8 +129,8 @@ def _gru_forward_steps(nth, before, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, w
 
 
 @jit
-def _gru_backward_rows(r0, r1, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
-                       gates, aux, hs, dxp, dhh, wp_b, drh):
+def _gru_backward_rows(r0, r1, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm,
+                       dh_dir, gates, aux, hs, dxp, dhh, wp_b, drh):
     H = hs.shape[2]
     r = slice(r0, r1)
     dh = dh_in[r]
@@ -157,8 +157,8 @@ def _gru_backward_rows(r0, r1, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_i
 
 
 @pjit
-def _gru_backward_steps(nth, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dh_dir,
-                        gates, aux, hs, dxp, dhh, wp_b, drh):
+def _gru_backward_steps(nth, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm,
+                        dh_dir, gates, aux, hs, dxp, dhh, wp_b, drh):
     B = hs.shape[1]
     for i in prange(nth):
         _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, toff, dense, dx,
@@ -191,8 +191,8 @@ def _rnn_forward_steps(nth, relu, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_
 
 
 @jit
-def _rnn_backward_rows(r0, r1, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
-                       wp_b):
+def _rnn_backward_rows(r0, r1, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs,
+                       dpre, wp_b):
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
@@ -205,9 +205,9 @@ def _rnn_backward_rows(r0, r1, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in,
 
 
 @pjit
-def _rnn_backward_steps(nth, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs, dpre,
-                        wp_b):
+def _rnn_backward_steps(nth, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs,
+                        dpre, wp_b):
     B = hs.shape[1]
     for i in prange(nth):
-        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, toff, dense, dx, wp_ihb,
-                           dy, dh_in, dh_mm, hs, dpre, wp_b)
+        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, toff, dense, dx,
+                           wp_ihb, dy, dh_in, dh_mm, hs, dpre, wp_b)
