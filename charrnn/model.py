@@ -236,7 +236,7 @@ class Model:
         # the chunk-sized gate buffers
         scratch = np.empty(max(layer.scratch_size() for layer in self._layers), dt)
         packs = np.empty(max(layer.pack_size(dt, chunk) for layer in self._layers), dt)
-        steps = (np.empty(chunk * B * max(layer.steps_width() for layer in self._layers), dt)
+        steps = (np.empty(max(layer.chunk_store_size(B, chunk) for layer in self._layers), dt)
                  if chunk else None)
         buf.layers = [layer.workspace(B, T, dt, scratch, packs, chunk, steps)
                       for layer in self._layers]

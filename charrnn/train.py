@@ -107,7 +107,9 @@ def estimate_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> int:
     acts = L * N * (3 * G + 6) * H + 2 * N * V + 4 * N * H
     if tcfg.low_memory:        # states kept whole, gate buffers one chunk of steps
         Nc = min(N, tcfg.batch_size * recompute_chunk(tcfg.batch_size))
-        acts = L * N * 3 * H + (3 * G + 3) * Nc * H + 2 * N * V + 4 * N * H
+        from .cells import RECOMPUTE_ROWS
+        acts = (L * N * 3 * H + (3 * G + 3) * Nc * H + 2 * N * V + 4 * N * H
+                + RECOMPUTE_ROWS * (G + 3) * H)          # the recomputation's scratch
     return int(item * (4 * P + 2 * acts) + 8 * 2 * N)
 
 

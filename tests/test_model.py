@@ -212,11 +212,13 @@ def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout
                                             monkeypatch):
     """recompute_steps = k keeps only h (and c) and rebuilds each chunk's gates in
     backward: the loss and final state are the same bits, the gradients agree to
-    rounding (their sums run chunk by chunk), for chunks that do and do not divide T,
-    with the dense input products inside the time loop or once per chunk."""
+    rounding (their sums run chunk by chunk; the same bits with one chunk), for chunks
+    that do and do not divide T, rebuilt in blocks of steps, with the dense input
+    products inside the time loop or once per chunk."""
     import charrnn.cells as C
 
     monkeypatch.setattr(C, "PER_STEP_BYTES", 1 << 40 if per_step else 0)
+    monkeypatch.setattr(C, "RECOMPUTE_ROWS", 8)     # blocks of 2 steps of 4 rows
     cfg = _cfg(cell=cell, num_layers=3, embed_size=embed, residual=residual,
                dropout=dropout, **opts)
     m = Model.from_config(cfg, seed=3)
@@ -231,6 +233,8 @@ def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout
         assert loss2 == loss
         assert all(np.array_equal(a, b) for a, b in zip(final, final2))
         np.testing.assert_allclose(m.grad_flat, grads, rtol=1e-12, atol=1e-15)
+        if k >= 7:                  # one chunk: the rebuilt gates are the same bits
+            assert np.array_equal(m.grad_flat, grads)
         ws = m._buffers[(4, 7, min(k, 7))].layers[1]
         assert ws.xp.shape[0] == min(k, 7)                 # gates of one chunk only
         lp, _ = m.log_probs(x, y, st)                      # eval in the same mode

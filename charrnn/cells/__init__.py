@@ -56,6 +56,11 @@ PER_STEP_BYTES = 512 * 1024
 #: step, so a thread with very few rows would mostly move weights)
 ROWS_PER_THREAD = 8
 
+#: Rows (whole steps of the batch) that one product of the gate recomputation of
+#: ``--low-memory`` takes at once (see :meth:`Layer.recompute`): its scratch buffers have
+#: this many rows, and it is large enough for the products to run near BLAS speed.
+RECOMPUTE_ROWS = 256
+
 
 @dataclass
 class LayerParams:
@@ -89,8 +94,12 @@ class Workspace:
         """A (T, B, width) per-step buffer, or (chunk, B, width) from the chunk store."""
         if not self.chunk:
             return np.empty((self.T, self.B, width), self._dtype)
-        n = self.chunk * self.B * width
-        a = self._store[self._used:self._used + n].reshape(self.chunk, self.B, width)
+        return self.take((self.chunk, self.B, width))
+
+    def take(self, shape: tuple) -> np.ndarray:
+        """The next ``shape`` elements of the chunk store."""
+        n = int(np.prod(shape))
+        a = self._store[self._used:self._used + n].reshape(shape)
         self._used += n
         return a
 
@@ -135,6 +144,21 @@ class Layer:
         """Values per batch row and step of all the :meth:`step_buffers`."""
         return sum(self.step_buffers().values())
 
+    def recompute_buffers(self) -> dict[str, int]:
+        """Scratch of :meth:`recompute`, name -> width, each (recompute_rows, width)."""
+        return {}
+
+    @staticmethod
+    def recompute_rows(B: int, chunk: int) -> int:
+        """Rows of one recomputing product: whole steps, about RECOMPUTE_ROWS."""
+        return B * max(1, min(chunk, RECOMPUTE_ROWS // B))
+
+    def chunk_store_size(self, B: int, chunk: int) -> int:
+        """Elements of the chunk store of a recomputing workspace: the step buffers of
+        ``chunk`` steps and the recomputation's scratch."""
+        return (chunk * B * self.steps_width()
+                + self.recompute_rows(B, chunk) * sum(self.recompute_buffers().values()))
+
     def workspace(self, B: int, T: int, dtype, scratch=None, pack_store=None, chunk: int = 0,
                   chunk_store=None) -> Workspace:
         """Buffers for one (B, T) shape.  ``scratch`` (at least :meth:`scratch_size`
@@ -153,10 +177,14 @@ class Layer:
         if pack_store is None:
             pack_store = np.empty(self.pack_size(dtype, chunk), dtype)
         if chunk and chunk_store is None:
-            chunk_store = np.empty(chunk * B * self.steps_width(), dtype)
+            chunk_store = np.empty(self.chunk_store_size(B, chunk), dtype)
         ws = Workspace(B, T, dtype, chunk, chunk_store)
         for name, width in self.step_buffers().items():
             setattr(ws, name, ws.steps(width))       # (T, B, width) or (chunk, B, width)
+        if chunk:
+            R = self.recompute_rows(B, chunk)
+            for name, width in self.recompute_buffers().items():
+                setattr(ws, name, ws.take((R, width)))   # (R, width) recompute scratch
         ws.hs = np.empty((T + 1, B, H), dtype)       # (T+1, B, H) h_0 .. h_T
         ws.zeros = np.zeros((B, H), dtype)           # (B, H) dh coming from beyond step T
         ws.dh_mm = np.empty((B, H), dtype)           # (B, H) d(pre)_{t+1} W_hh
@@ -319,10 +347,10 @@ class Layer:
     # Recomputation (ws.chunk > 0, ``charrnn train --low-memory``): the forward pass keeps
     # only the state sequences (h, and c for the LSTM), writing each chunk's gates into
     # the one chunk-sized buffer; the backward pass walks the chunks from the last,
-    # runs the forward steps of the chunk again from its stored first state (the same
-    # kernels on the same inputs: the same bits, h and c rewritten unchanged), then the
-    # backward steps and the chunk's share of the weight gradients.  Memory of the gates
-    # drops from T to chunk steps; the time of one more forward pass is the price.
+    # rebuilds the chunk's gates (:meth:`recompute`), then runs the backward steps and
+    # the chunk's share of the weight gradients.  Memory of the gates drops from T to
+    # chunk steps; the price is the forward products once more, but as a few large
+    # products instead of a loop of small ones (every h_{t-1} of the chunk is kept).
     def _view(self, ws: Workspace, t0: int, t1: int) -> Workspace:
         """Steps t0..t1-1 of ``ws`` as a workspace of its own (T = t1 - t0): the state
         sequences and dx sliced, the step buffers the chunk-sized ones."""
@@ -368,11 +396,38 @@ class Layer:
         for a, b in reversed(self._chunks(ws, 0, T)):
             v = self._view(ws, a, b)
             xr, ir = self._rows(x, a, b, B), idx[a * B:b * B]
-            self.forward_steps(v, p, xr, ir, 0, b - a)          # the chunk's gates again
+            self.recompute(v, p, xr, ir)                        # the chunk's gates again
             self.backward_steps(v, p, dy[a:b], 0, b - a)
             self._dx_after(v, 0, b - a)
             ws.dh_next = v.dh_next
             self.backward_finish(v, p, g, xr, ir)
+
+    def recompute(self, v: Workspace, p: LayerParams, x, idx) -> None:
+        """The step buffers of chunk view ``v`` as its forward steps left them, from the
+        kept states: the input projection of all its steps at once, then, in blocks of
+        about RECOMPUTE_ROWS rows (all their h_{t-1} are known, so the steps of a block
+        are independent rows), the recurrent product and the cell's own forward step
+        kernel (:meth:`_recompute_block`), the state it writes going to scratch.  The
+        same kernels and the same chain of multiply-adds per element as the time loop:
+        the same bits."""
+        T, B = v.T, v.B
+        xp2 = v.xp.reshape(T * B, self.G * self.H)               # (T*B, G*H)
+        if self.onehot:
+            K._gather_rows(v.w_t, idx, p.b_ih, xp2)
+        else:
+            matmul(x.reshape(T * B, self.I), v.pack_fwd["w_ih_t"], xp2, bias=p.b_ih,
+                   threads=runtime.numba_threads())
+        steps = self.recompute_rows(B, v.chunk) // B
+        for s0 in range(0, T, steps):
+            self._recompute_block(v, p, s0, min(T, s0 + steps))
+
+    def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
+        """Rebuild steps s0..s1-1 of the step buffers (the input projection is there)."""
+        raise TypeError(f"{type(self).__name__} does not define _recompute_block")
+
+    @staticmethod
+    def _row_threads(rows: int) -> int:
+        return max(1, min(runtime.numba_threads(), rows // ROWS_PER_THREAD))
 
     def dx_buffer(self, ws: Workspace) -> np.ndarray:
         """ws.dx (N, I), the gradient of the layer input, allocated at first use (a model

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import runtime
 from ..kernels import steps as S
-from ..kernels.packed import packed, packed_shape
+from ..kernels.packed import matmul, packed, packed_shape
 from . import Layer, LayerParams, Workspace
 
 
@@ -46,6 +46,12 @@ class GRULayer(Layer):
                 "gates": 3 * H,                     # r, z, n after activation
                 "aux": H,                           # W_hn h + b_hn, or r * h
                 "dhh": 3 * H}                       # d(recurrent product)
+
+    def recompute_buffers(self) -> dict[str, int]:
+        H = self.H
+        if self.before:   # h W_hrz^T, (r * h) W_hn^T, h_t
+            return {"rhh": 2 * H, "rhn": H, "rh": H}
+        return {"rhh": 3 * H, "rh": H}                      # h W_hh^T, h_t
 
     # Kept for backward: h for T+1 steps, 3 gates and one auxiliary (B, H) array for T
     # steps: ((T+1) + 4T) * B * H * s bytes; B=50, T=50, H=256, float32:
@@ -78,6 +84,22 @@ class GRULayer(Layer):
         self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
                   *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n,
                   p.b_hh, ws.hs, ws.gates, ws.aux, hh, hn)
+
+    def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
+        H, R = self.H, (s1 - s0) * v.B
+        nth, th = self._row_threads(R), runtime.numba_threads()
+        xp = v.xp[s0:s1].reshape(R, 3 * H)                          # (R, 3H)
+        hprev = v.hs[s0:s1].reshape(R, H)                           # (R, H)
+        gates = v.gates[s0:s1].reshape(R, 3 * H)                    # (R, 3H)
+        aux = v.aux[s0:s1].reshape(R, H)                            # (R, H)
+        hh = v.rhh[:R]                                              # (R, 3H) or (R, 2H)
+        matmul(hprev, v.pack_fwd["w_hh_t"], hh, threads=th)
+        if not self.before:
+            S._gru_gates_rows(nth, 0, xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
+            return
+        S._gru_gates_rows(nth, 1, xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
+        matmul(aux, v.pack_fwd["w_hn_t"], v.rhn[:R], threads=th)
+        S._gru_gates_rows(nth, 2, xp, v.rhn[:R], p.b_hh, hprev, v.rh[:R], gates, aux)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import runtime
 from ..kernels import steps as S
+from ..kernels.packed import matmul
 from . import Layer, LayerParams, Workspace
 
 
@@ -37,6 +39,10 @@ class LSTMLayer(Layer):
         ws.dc = np.empty((B, H), dtype)             # (B, H) dL/dc carried backwards
         ws.dpeep = np.zeros((B, 3 * H), dtype)      # (B, 3H) peephole grads per stream
         ws.nopeep = np.zeros((3, 1), dtype)         # (3, 1) placeholder when no peepholes
+
+    def recompute_buffers(self) -> dict[str, int]:
+        H = self.H
+        return {"rhh": 4 * H, "rh": H, "rc": H, "rtc": H}   # h W_hh^T; h_t, c_t, tanh(c_t)
 
     def final_state(self, ws: Workspace) -> tuple:
         return (ws.hs[ws.T], ws.cs[ws.T])
@@ -58,6 +64,16 @@ class LSTMLayer(Layer):
         self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1,
                   *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
                   p.b_hh, peep, use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
+
+    def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
+        H, R = self.H, (s1 - s0) * v.B
+        hh = v.rhh[:R]                                               # (R, 4H)
+        matmul(v.hs[s0:s1].reshape(R, H), v.pack_fwd["w_hh_t"], hh,
+               threads=runtime.numba_threads())
+        peep, use_peep = self._peep(v, p)
+        S._lstm_gates_rows(self._row_threads(R), v.xp[s0:s1].reshape(R, 4 * H), hh, p.b_hh,
+                           peep, use_peep, v.cs[s0:s1].reshape(R, H), v.rh[:R], v.rc[:R],
+                           v.rtc[:R])
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)

@@ -29,6 +29,10 @@ class RNNLayer(Layer):
                   *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
                   p.b_hh, ws.hs, ws.hh)
 
+    def recompute(self, v: Workspace, p: LayerParams, x, idx) -> None:
+        """Nothing to rebuild: the backward steps read only h (kept) and write d(pre)
+        over the projection buffer without reading it."""
+
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
         self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, ws.toff,

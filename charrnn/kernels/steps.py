@@ -211,3 +211,31 @@ def _rnn_backward_steps(nth, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, d
     for i in prange(nth):
         _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, toff, dense, dx,
                            wp_ihb, dy, dh_in, dh_mm, hs, dpre, wp_b)
+
+
+# ---------------------------------------------------------------- recomputed gates
+# (charrnn.cells.Layer.recompute, ``--low-memory``): every h_{t-1} (and c_{t-1}) of a
+# chunk is kept, so the steps of a block are independent rows; the forward step kernels
+# run over ranges of those rows in numba's threads.  Their state outputs (h, c) go to
+# scratch.
+
+@pjit
+def _lstm_gates_rows(nth, xp, hh, b_hh, peep, use_peep, c_prev, h, c, tc):
+    """xp (R, 4H): projections in, gate activations out; hh (R, 4H) h_{t-1} W_hh^T."""
+    R = xp.shape[0]
+    for i in prange(nth):
+        r0 = R * i // nth
+        r1 = R * (i + 1) // nth
+        _lstm_forward_step(xp[r0:r1], hh[r0:r1], b_hh, peep, use_peep, c_prev[r0:r1],
+                           h[r0:r1], c[r0:r1], xp[r0:r1], tc[r0:r1])
+
+
+@pjit
+def _gru_gates_rows(nth, mode, xp, hh, b_hh, h_prev, h, gates, aux):
+    """One call of the GRU forward step kernel (``mode`` as there) on R rows."""
+    R = xp.shape[0]
+    for i in prange(nth):
+        r0 = R * i // nth
+        r1 = R * (i + 1) // nth
+        _gru_forward_step(mode, xp[r0:r1], hh[r0:r1], b_hh, h_prev[r0:r1], h[r0:r1],
+                          gates[r0:r1], aux[r0:r1])
