@@ -239,7 +239,7 @@ class Layer:
         ``nth`` row ranges of the batch in numba's threads, or ``rows(0, B, *args)`` in
         this thread (with one thread, or for a batch too small to give each thread
         ROWS_PER_THREAD rows)."""
-        nth = max(1, min(runtime.numba_threads(), ws.B // ROWS_PER_THREAD))
+        nth = Layer._row_threads(ws.B)
         if nth > 1:
             steps(nth, *args)
         else:
@@ -427,6 +427,7 @@ class Layer:
 
     @staticmethod
     def _row_threads(rows: int) -> int:
+        """Threads for ``rows`` independent batch rows: each gets ROWS_PER_THREAD."""
         return max(1, min(runtime.numba_threads(), rows // ROWS_PER_THREAD))
 
     def dx_buffer(self, ws: Workspace) -> np.ndarray:
