@@ -22,7 +22,8 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
+from ._jit import jit, pjit
+from .activations import _div
 
 # Elements per chunk: large enough that the per-chunk overhead vanishes, small enough
 # that a 100k-parameter model still splits into chunks for two threads.
@@ -59,6 +60,62 @@ def sumsq_kernel(g, partials):
     return total
 
 
+@jit
+def _clip(gi, scale, use_cv, clip_value):
+    gi = gi * scale
+    if use_cv:
+        gi = min(max(gi, -clip_value), clip_value)
+    return gi
+
+
+# The per-chunk loops are functions of their own over contiguous slices: written inline in
+# the prange body, LLVM kept them scalar (measured 4.9 ms for 0.87M parameters on one
+# thread, Adam); on slices it vectorises them (sqrt and division 4 lanes at a time: about
+# 1 ms).  Divisions go through _div (numba's "/" checks for zero, which blocks that).
+
+
+@jit
+def _adam_chunk(p, g, m1, m2, adamw, lr, scale, use_cv, clip_value, wd, beta1, beta2, eps,
+                step_size, inv_sqrt_bc2):
+    decay = 1.0 - lr * wd
+    for i in range(p.shape[0]):
+        gi = _clip(g[i], scale, use_cv, clip_value)
+        pi = np.float64(p[i])
+        if adamw:
+            pi *= decay
+        else:
+            gi += wd * pi
+        mi = beta1 * m1[i] + (1.0 - beta1) * gi
+        vi = beta2 * m2[i] + (1.0 - beta2) * gi * gi
+        m1[i] = mi
+        m2[i] = vi
+        p[i] = pi - _div(step_size * mi, math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+@jit
+def _sgd_chunk(p, g, m1, use_mom, lr, scale, use_cv, clip_value, wd, momentum):
+    for i in range(p.shape[0]):
+        gi = _clip(g[i], scale, use_cv, clip_value)
+        pi = np.float64(p[i])
+        gi += wd * pi
+        if use_mom:
+            bi = momentum * m1[i] + gi
+            m1[i] = bi
+            gi = bi
+        p[i] = pi - lr * gi
+
+
+@jit
+def _rmsprop_chunk(p, g, m1, lr, scale, use_cv, clip_value, wd, alpha, eps):
+    for i in range(p.shape[0]):
+        gi = _clip(g[i], scale, use_cv, clip_value)
+        pi = np.float64(p[i])
+        gi += wd * pi
+        si = alpha * m1[i] + (1.0 - alpha) * gi * gi
+        m1[i] = si
+        p[i] = pi - _div(lr * gi, math.sqrt(si) + eps)
+
+
 @pjit
 def update_kernel(p, g, m1, m2, kind, lr, scale, clip_value, wd,
                   beta1, beta2, eps, step_size, inv_sqrt_bc2, momentum, alpha):
@@ -72,45 +129,16 @@ def update_kernel(p, g, m1, m2, kind, lr, scale, clip_value, wd,
     n = p.shape[0]
     nc = (n + CHUNK - 1) // CHUNK
     use_cv = clip_value > 0.0
-    decay = 1.0 - lr * wd
     use_mom = m1.shape[0] == n
     for c in prange(nc):
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
         if kind == 0 or kind == 1:        # adam (L2 in the gradient) / adamw (decoupled)
-            for i in range(lo, hi):
-                gi = g[i] * scale
-                if use_cv:
-                    gi = min(max(gi, -clip_value), clip_value)
-                pi = np.float64(p[i])
-                if kind == 0:
-                    gi += wd * pi
-                else:
-                    pi *= decay
-                mi = beta1 * m1[i] + (1.0 - beta1) * gi
-                vi = beta2 * m2[i] + (1.0 - beta2) * gi * gi
-                m1[i] = mi
-                m2[i] = vi
-                p[i] = pi - step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+            _adam_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], kind == 1, lr, scale,
+                        use_cv, clip_value, wd, beta1, beta2, eps, step_size, inv_sqrt_bc2)
         elif kind == 2:                   # sgd with momentum (torch semantics, dampening 0)
-            for i in range(lo, hi):
-                gi = g[i] * scale
-                if use_cv:
-                    gi = min(max(gi, -clip_value), clip_value)
-                pi = np.float64(p[i])
-                gi += wd * pi
-                if use_mom:
-                    bi = momentum * m1[i] + gi
-                    m1[i] = bi
-                    gi = bi
-                p[i] = pi - lr * gi
+            _sgd_chunk(p[lo:hi], g[lo:hi], m1[lo:hi] if use_mom else m1, use_mom, lr, scale,
+                       use_cv, clip_value, wd, momentum)
         else:                             # rmsprop, char-rnn / torch-optim flavour
-            for i in range(lo, hi):
-                gi = g[i] * scale
-                if use_cv:
-                    gi = min(max(gi, -clip_value), clip_value)
-                pi = np.float64(p[i])
-                gi += wd * pi
-                si = alpha * m1[i] + (1.0 - alpha) * gi * gi
-                m1[i] = si
-                p[i] = pi - lr * gi / (math.sqrt(si) + eps)
+            _rmsprop_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], lr, scale, use_cv, clip_value,
+                           wd, alpha, eps)
