@@ -82,6 +82,28 @@ def wall(cmd: list[str], n: int = 5) -> float:
     return statistics.median(times)
 
 
+def clean_install_startup(ck: Path) -> tuple[float, float] | None:
+    """``charrnn --help`` and ``charrnn sample -n 100`` (warm numba cache) in a fresh
+    virtual environment holding charrnn and its own dependencies only, as ``pip install``
+    gives a user.  The benchmark's own environment may hold more (scipy, cffi: numba
+    imports both at start-up whenever they are installed, about 0.4 s here).  None when
+    the environment cannot be built (no network, no pip)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        venv = Path(tmp) / "venv"
+        py = venv / "bin" / "python"
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                           capture_output=True)
+            subprocess.run([str(py), "-m", "pip", "install", "--quiet", str(HERE.parent)],
+                           check=True, capture_output=True, timeout=600)
+            cmd = [str(py), "-m", "charrnn"]
+            subprocess.run([*cmd, "sample", str(ck), "-n", "100"], check=True,
+                           capture_output=True, timeout=900)     # compiles, then cached
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return wall([*cmd, "--help"]), wall([*cmd, "sample", str(ck), "-n", "100"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "results.md"))
@@ -157,8 +179,10 @@ def main() -> None:
         m.save(ck)
         subprocess.run([*charrnn, "sample", str(ck), "-n", "100"], capture_output=True)
         sample_s = wall([*charrnn, "sample", str(ck), "-n", "100"])
+        clean = clean_install_startup(ck)
     torch_import = wall([sys.executable, "-c", "import torch"], 3) if torch_ok else None
-    log(f"start-up: --help {help_s:.3f}s, sample -n 100 {sample_s:.3f}s")
+    log(f"start-up: --help {help_s:.3f}s, sample -n 100 {sample_s:.3f}s; clean install: "
+        + (f"--help {clean[0]:.3f}s, sample -n 100 {clean[1]:.3f}s" if clean else "n/a"))
 
     # ---- report
     def ratio(x, y):
@@ -218,6 +242,10 @@ def main() -> None:
         f"| the same, charrnn with --low-memory | {rss_low:,.0f} MB | |",
         f"| `charrnn --help` | {help_s:.2f} s | |",
         f"| `charrnn sample -n 100` (warm numba cache, LSTM 2x256) | {sample_s:.2f} s | |",
+        f"| `charrnn --help`, clean install (charrnn's dependencies only) | "
+        f"{'n/a' if clean is None else f'{clean[0]:.2f} s'} | |",
+        f"| `charrnn sample -n 100`, clean install, warm cache | "
+        f"{'n/a' if clean is None else f'{clean[1]:.2f} s'} | |",
         f"| `python -c 'import torch'` | | "
         f"{'n/a' if torch_import is None else f'{torch_import:.2f} s'} |",
         "",
