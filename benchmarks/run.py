@@ -118,9 +118,15 @@ def main() -> None:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    # The ceiling is measured like everything else: several times through the run (before
+    # the first and after every training configuration), the median reported.  One
+    # measurement catches the machine at one moment, and its speed drifts.
+    def measure_ceiling() -> float:
+        return worker("numpy", "matmul", {"threads": th, "n": 2048})["gflops"]
+
     mm = worker("numpy", "matmul", {"threads": th, "n": 2048})
-    ceiling = mm["gflops"]
-    log(f"BLAS ceiling: {ceiling:.0f} GFLOP/s ({mm['blas']})")
+    ceilings = [mm["gflops"]]
+    log(f"BLAS ceiling: {ceilings[0]:.0f} GFLOP/s ({mm['blas']})")
 
     # ---- training and evaluation throughput
     train_rows = []
@@ -135,6 +141,10 @@ def main() -> None:
         gf = cps * flops_per_char(cell, L, H, True) / 1e9
         train_rows.append((name, B, T, cps, tcps, gf))
         log(f"train {name}: charrnn {cps:,.0f} chars/s, torch {tcps or 0:,.0f}")
+        ceilings.append(measure_ceiling())
+    ceiling = statistics.median(ceilings)
+    log(f"BLAS ceiling, median of {len(ceilings)}: {ceiling:.0f} GFLOP/s "
+        f"({min(ceilings):.0f}-{max(ceilings):.0f})")
     c = dict(rep, cell="lstm", L=2, H=256, B=50, T=50, V=V)
     ours, theirs = median_pair(lambda: worker("charrnn", "eval", c)["sec_per_batch"],
                                (lambda: worker("torch", "eval", c)["sec_per_batch"])
@@ -205,7 +215,9 @@ def main() -> None:
         f"BLAS: {blas}). Each figure is the median over {a.rounds} alternating rounds of "
         "fresh processes, each the best of several timed repeats after warm-up.",
         "",
-        f"float32 matrix-multiply ceiling (numpy BLAS, 2048x2048): **{ceiling:.0f} GFLOP/s**",
+        f"float32 matrix-multiply ceiling (numpy BLAS, 2048x2048): **{ceiling:.0f} GFLOP/s** "
+        f"(median of {len(ceilings)} measurements through the run, each the best of 5; "
+        f"they ranged {min(ceilings):.0f}-{max(ceilings):.0f})",
         "",
         "## Training (forward + backward + Adam step, clip 5), characters/second",
         "",
