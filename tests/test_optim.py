@@ -175,7 +175,8 @@ def test_clip_by_value_and_clip_off():
     assert np.linalg.norm(p) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_norm_bit_identical_for_one_and_two_threads():
+@pytest.mark.parametrize("opt", OPTS)
+def test_bit_identical_for_one_and_two_threads(opt):
     numba = pytest.importorskip("numba")
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here")
@@ -184,12 +185,13 @@ def test_norm_bit_identical_for_one_and_two_threads():
     try:
         for dtype in (np.float32, np.float64):
             g = (rng.standard_normal(8192 * 5 + 3) * 10).astype(dtype)   # (n,)
+            cfg = _cfg(opt, weight_decay=0.01, clip_value=5.0, clip=50.0)
             numba.set_num_threads(1)
             n1 = grad_norm(g)
-            p1, _, _ = _run_ours(_cfg("adam"), g * 0.5, [g], [1e-3])
+            p1, _, _ = _run_ours(cfg, g * 0.5, [g, g * 0.3], [1e-3, 2e-3])
             numba.set_num_threads(2)
             n2 = grad_norm(g)
-            p2, _, _ = _run_ours(_cfg("adam"), g * 0.5, [g], [1e-3])
+            p2, _, _ = _run_ours(cfg, g * 0.5, [g, g * 0.3], [1e-3, 2e-3])
             assert n1 == n2           # bit-identical, not approximately equal
             np.testing.assert_array_equal(p1, p2)
             assert n1 == pytest.approx(float(np.linalg.norm(g.astype(np.float64))), rel=1e-12)
