@@ -121,10 +121,10 @@ def main() -> None:
     # The ceiling is measured like everything else: several times through the run (before
     # the first and after every training configuration), the median reported.  One
     # measurement catches the machine at one moment, and its speed drifts.
-    def measure_ceiling() -> float:
-        return worker("numpy", "matmul", {"threads": th, "n": 2048})["gflops"]
+    def measure_ceiling() -> dict:
+        return worker("numpy", "matmul", {"threads": th, "n": 2048})
 
-    mm = worker("numpy", "matmul", {"threads": th, "n": 2048})
+    mm = measure_ceiling()
     ceilings = [mm["gflops"]]
     log(f"BLAS ceiling: {ceilings[0]:.0f} GFLOP/s ({mm['blas']})")
 
@@ -141,7 +141,7 @@ def main() -> None:
         gf = cps * flops_per_char(cell, L, H, True) / 1e9
         train_rows.append((name, B, T, cps, tcps, gf))
         log(f"train {name}: charrnn {cps:,.0f} chars/s, torch {tcps or 0:,.0f}")
-        ceilings.append(measure_ceiling())
+        ceilings.append(measure_ceiling()["gflops"])
     ceiling = statistics.median(ceilings)
     log(f"BLAS ceiling, median of {len(ceilings)}: {ceiling:.0f} GFLOP/s "
         f"({min(ceilings):.0f}-{max(ceilings):.0f})")

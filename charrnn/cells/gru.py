@@ -94,10 +94,9 @@ class GRULayer(Layer):
         aux = v.aux[s0:s1].reshape(R, H)                            # (R, H)
         hh = v.rhh[:R]                                              # (R, 3H) or (R, 2H)
         matmul(hprev, v.pack_fwd["w_hh_t"], hh, threads=th)
+        S._gru_gates_rows(nth, int(self.before), xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
         if not self.before:
-            S._gru_gates_rows(nth, 0, xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
             return
-        S._gru_gates_rows(nth, 1, xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
         matmul(aux, v.pack_fwd["w_hn_t"], v.rhn[:R], threads=th)
         S._gru_gates_rows(nth, 2, xp, v.rhn[:R], p.b_hh, hprev, v.rh[:R], gates, aux)
 

@@ -61,11 +61,19 @@ def sumsq_kernel(g, partials):
 
 
 @jit
-def _clip(gi, scale, use_cv, clip_value):
+def _grad_and_param(gi, pi, scale, use_cv, clip_value, wd, decoupled, decay):
+    """The gradient element after global-norm scaling, clipping by value and weight
+    decay (L2 in the gradient, or ``decoupled``: the parameter times ``decay``), and
+    the parameter element in float64."""
     gi = gi * scale
     if use_cv:
         gi = min(max(gi, -clip_value), clip_value)
-    return gi
+    pi = np.float64(pi)
+    if decoupled:
+        pi *= decay
+    else:
+        gi += wd * pi
+    return gi, pi
 
 
 # The per-chunk loops are functions of their own over contiguous slices: written inline in
@@ -79,12 +87,7 @@ def _adam_chunk(p, g, m1, m2, adamw, lr, scale, use_cv, clip_value, wd, beta1, b
                 step_size, inv_sqrt_bc2):
     decay = 1.0 - lr * wd
     for i in range(p.shape[0]):
-        gi = _clip(g[i], scale, use_cv, clip_value)
-        pi = np.float64(p[i])
-        if adamw:
-            pi *= decay
-        else:
-            gi += wd * pi
+        gi, pi = _grad_and_param(g[i], p[i], scale, use_cv, clip_value, wd, adamw, decay)
         mi = beta1 * m1[i] + (1.0 - beta1) * gi
         vi = beta2 * m2[i] + (1.0 - beta2) * gi * gi
         m1[i] = mi
@@ -95,9 +98,7 @@ def _adam_chunk(p, g, m1, m2, adamw, lr, scale, use_cv, clip_value, wd, beta1, b
 @jit
 def _sgd_chunk(p, g, m1, use_mom, lr, scale, use_cv, clip_value, wd, momentum):
     for i in range(p.shape[0]):
-        gi = _clip(g[i], scale, use_cv, clip_value)
-        pi = np.float64(p[i])
-        gi += wd * pi
+        gi, pi = _grad_and_param(g[i], p[i], scale, use_cv, clip_value, wd, False, 1.0)
         if use_mom:
             bi = momentum * m1[i] + gi
             m1[i] = bi
@@ -108,9 +109,7 @@ def _sgd_chunk(p, g, m1, use_mom, lr, scale, use_cv, clip_value, wd, momentum):
 @jit
 def _rmsprop_chunk(p, g, m1, lr, scale, use_cv, clip_value, wd, alpha, eps):
     for i in range(p.shape[0]):
-        gi = _clip(g[i], scale, use_cv, clip_value)
-        pi = np.float64(p[i])
-        gi += wd * pi
+        gi, pi = _grad_and_param(g[i], p[i], scale, use_cv, clip_value, wd, False, 1.0)
         si = alpha * m1[i] + (1.0 - alpha) * gi * gi
         m1[i] = si
         p[i] = pi - _div(lr * gi, math.sqrt(si) + eps)
