@@ -225,7 +225,7 @@ class Model:
         buf.y = ([np.empty((T, B, H), dt) for _ in range(L)]    # (T, B, H) each
                  if c.residual else None)
         buf.logits = np.empty((N, V), dt)                     # (N, V)
-        buf.dlogits = np.empty((N, V), dt)                    # (N, V)
+        buf.dlogits = buf.logits         # (N, V) the loss writes the gradient over them
         buf.nll = np.empty((N,), np.float64)                  # (N,) per-position loss
         buf.dy = None                                         # (N, H), first backward
         buf.wp_head = buf.wp_head_b = None                    # head weights, packed
@@ -361,7 +361,7 @@ class Model:
             # the layer's whole backward pass: it packs its weights into the shared store,
             # runs its steps (leaving dx, if any) and accumulates its weight gradients
             self._layers[k].run_backward(buf.layers[k], self._lp[k], self._lg[k], dy[k],
-                                         buf.layer_in[k], idx)
+                                         buf.layer_in[k], idx, fresh=True)
             if k > 0:
                 dx3 = dy[k - 1][t0:t1]                         # (t1-t0, B, H)
                 if c.residual:

@@ -194,6 +194,8 @@ class Sampler:
             self.blas = KS.PACKED
         else:
             self.blas = int(bool(blas) and KS.HAVE_BLAS)
+            if self.blas:
+                KS.load_blas()
         from . import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
         self._threads = runtime.threads()

@@ -260,9 +260,48 @@ def test_input_products_per_step_or_per_pass_are_the_same_bits(cell, opts, dtype
         assert m._layers[1].per_step_inputs(m.dtype) == bool(limit)
         loss, final = m.forward_backward(x, y, train=False)
         out.append((loss, m.grad_flat.copy(), final))
+        # one product per pass: W_ih and W_hh take turns in one place of the store
+        ws = m._buffers[(20, 6, 0)].layers[1]
+        assert ws.seq_packs == (not limit)
+        assert np.shares_memory(ws.pack_fwd["w_ih_t"], ws.pack_fwd["w_hh_t"]) == (not limit)
+        assert np.shares_memory(ws.pack_bwd["w_ih"], ws.pack_bwd["w_hh"]) == (not limit)
     assert out[0][0] == out[1][0]
     assert np.array_equal(out[0][1], out[1][1])
     assert all(np.array_equal(a, b) for a, b in zip(out[0][2], out[1][2]))
+
+
+@pytest.mark.parametrize("cell,opts", [("lstm", {}), ("gru", {"gru_reset": "before"}),
+                                       ("rnn", {})])
+def test_weight_gradients_go_straight_into_the_zeroed_gradient(cell, opts):
+    """A training pass over all the steps writes each weight-gradient product straight
+    into the gradient it zeroed (the scratch is never written, so never resident); the
+    same bits as through the scratch, which recomputation still uses."""
+    m = Model.from_config(_cfg(cell=cell, num_layers=2, embed_size=4, **opts), seed=4)
+    x, y = _xy(3, 5, seed=6)
+    m.forward_backward(x, y, train=False)
+    buf = m._buffers[(3, 5, 0)]
+    assert buf.dlogits is buf.logits                  # the loss writes its gradient over
+    scratch = [ws.dw_hh for ws in buf.layers]
+    for a in scratch:
+        a.fill(np.nan)
+    m.forward_backward(x, y, train=False)
+    fresh = m.grad_flat.copy()
+    assert all(np.isnan(a).all() for a in scratch)
+    for layer in m._layers:                            # the other path, same numbers
+        layer.run_backward = _not_fresh(layer.run_backward)
+    m.forward_backward(x, y, train=False)
+    assert not any(np.isnan(a).any() for a in scratch)
+    assert np.array_equal(m.grad_flat, fresh)
+    ref = naive.run(m.config, m.params, x, y)
+    for name, want in ref["grads"].items():
+        np.testing.assert_allclose(m.grads[name], want, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def _not_fresh(run_backward):
+    def run(*args, **kw):
+        kw["fresh"] = False
+        return run_backward(*args, **kw)
+    return run
 
 
 def test_input_validation():

@@ -57,6 +57,37 @@ def test_step_kernel_log_probs_equal_batched_forward(cell, opts, L):
         np.testing.assert_allclose(lp, ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell,opts", [("lstm", {}), ("gru", dict(gru_reset="before"))])
+def test_one_stream_through_blas_equals_batched_forward(cell, opts):
+    """Product mode 1 (one stream, numba's np.dot through scipy's BLAS, when installed)."""
+    import charrnn.kernels.sample as KS
+
+    m = _model(cell, L=2, H=6, **opts)
+    seq = np.random.default_rng(5).integers(0, m.config.vocab_size, (1, 15))  # (1, S)
+    ref, _ = m.log_probs(seq[:, :-1], seq[:, 1:])                          # (1, S-1)
+    s = Sampler(m, 1, blas=True)
+    assert s.blas == int(KS.HAVE_BLAS)
+    np.testing.assert_allclose(s.score_streams(seq), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_scipy_is_imported_only_for_the_blas_mode():
+    """`charrnn sample` of one narrow stream does not pay for importing scipy's BLAS."""
+    code = ("import sys; from tests.test_sampling import _model; "
+            "from charrnn.sampling import Sampler; m = _model(); "
+            "Sampler(m, 1, blas=False).generate(5); Sampler(m, 4, blas=True).generate(5); "
+            "before = 'scipy.linalg' in sys.modules; "
+            "import charrnn.kernels.sample as KS; Sampler(m, 1, blas=True); "
+            "print(before, 'scipy.linalg' in sys.modules, KS.HAVE_BLAS)")
+    for _ in range(2):      # the second with every kernel cached (compiling imports it)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(os.environ, CHARRNN_THREADS="2"), timeout=300,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert res.returncode == 0, res.stderr
+    before, after, have = res.stdout.split()
+    assert before == "False"
+    assert after == have                    # imported by the BLAS mode, when installed
+
+
 def test_step_kernel_float32_close_to_forward():
     m = _model("lstm", dtype="float32", peepholes=True)
     seq = np.random.default_rng(0).integers(0, m.config.vocab_size, (2, 30))

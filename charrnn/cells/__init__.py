@@ -86,6 +86,13 @@ class Workspace:
         self.T = T
         self.chunk = chunk
         self.toff = 0
+        #: True while a backward pass may write its weight-gradient products straight
+        #: into the gradient views (they are zero and this pass is their only
+        #: contribution, see Layer.run_backward); else each goes through the scratch
+        self.fresh = False
+        #: input and recurrent weights packed into one place in turns (set by
+        #: Layer.workspace, see Layer.sequential_packs)
+        self.seq_packs = False
         self._dtype = dtype
         self._store = store
         self._used = 0
@@ -130,10 +137,30 @@ class Layer:
 
     def pack_size(self, dtype, chunk: int = 0) -> int:
         """Elements of the packed-weight store this layer needs (see workspace): the
-        larger of the forward and backward sets, or both with recomputation."""
+        larger of the forward and backward sets, or both with recomputation; a set
+        whose input and recurrent weights take turns (:meth:`sequential_packs`) needs
+        the larger of the two only."""
         fwd, bwd = self._packed_shapes(dtype)
-        sizes = [sum(int(np.prod(s)) for s in d.values()) for d in (fwd, bwd)]
+        seq = self.sequential_packs(dtype, chunk)
+        sizes = [self._set_size(d, seq) for d in (fwd, bwd)]
         return sum(sizes) if chunk else max(sizes)
+
+    def sequential_packs(self, dtype, chunk: int = 0) -> bool:
+        """Whether a pass packs its input weights and its recurrent weights into the
+        same place, one after the other: a dense input whose projection (forward) and
+        gradient (backward) are each one product outside the time loop (PER_STEP_BYTES)
+        in a pass over all the steps at once.  Forward packs W_ih^T, projects, then packs
+        W_hh^T over it for the loop; backward packs W_hh for the loop, then W_ih over it
+        for dx.  As many packs per pass as before; LSTM 2x512: 4 MB less resident."""
+        return not chunk and not self.onehot and not self.per_step_inputs(dtype)
+
+    @staticmethod
+    def _set_size(shapes: dict, seq: bool) -> int:
+        sizes = {name: int(np.prod(s)) for name, s in shapes.items()}
+        if not seq:
+            return sum(sizes.values())
+        inp = sizes.pop("w_ih_t", 0) + sizes.pop("w_ih", 0)
+        return max(inp, sum(sizes.values()))
 
     def step_buffers(self) -> dict[str, int]:
         """The per-step buffers (T, B, width), name -> width, that backward can rebuild
@@ -163,8 +190,10 @@ class Layer:
                   chunk_store=None) -> Workspace:
         """Buffers for one (B, T) shape.  ``scratch`` (at least :meth:`scratch_size`
         elements), shared by all the layers of a model, receives each weight-gradient
-        product before it is added to the gradient: backward_finish runs one layer after
-        another, so one buffer serves them all (LSTM 2x512: 8 MB less).  ``pack_store``
+        product before it is added to the gradient when the product cannot go straight
+        into it (see :meth:`_grad_product`; the pages of an array numpy allocates are
+        only resident once written): backward_finish runs one layer after another, so
+        one buffer serves them all (LSTM 2x512: 8 MB less).  ``pack_store``
         (at least :meth:`pack_size` elements) holds the packed weights; the layers of a
         model may share one, because a pass packs a layer's weights right before that
         layer's steps and the layers run one after another.  ``chunk`` > 0: recompute
@@ -200,11 +229,13 @@ class Layer:
         # pass W_hh (and W_ih) packed.  A pass packs what it reads when it starts, so the
         # two sets share one buffer (LSTM 2x512: 12 MB less).
         # With recomputation backward reads both sets, one after the other in the store.
+        # With sequential packs, a set's input weights start where its recurrent ones do.
         fwd, bwd = self._packed_shapes(dtype)
+        ws.seq_packs = self.sequential_packs(dtype, chunk)
         ws.pack_store = pack_store[:self.pack_size(dtype, chunk)]
-        ws.pack_fwd = self._views(ws.pack_store, fwd)   # name -> packed array
-        at = sum(a.size for a in ws.pack_fwd.values()) if chunk else 0
-        ws.pack_bwd = self._views(ws.pack_store[at:], bwd)
+        ws.pack_fwd = self._views(ws.pack_store, fwd, ws.seq_packs)   # name -> packed
+        at = self._set_size(fwd, ws.seq_packs) if chunk else 0
+        ws.pack_bwd = self._views(ws.pack_store[at:], bwd, ws.seq_packs)
         self._workspace(ws, B, T, dtype)
         return ws
 
@@ -219,10 +250,15 @@ class Layer:
         return fwd, bwd
 
     @staticmethod
-    def _views(store: np.ndarray, shapes: dict) -> dict:
+    def _views(store: np.ndarray, shapes: dict, seq: bool = False) -> dict:
+        """name -> view of ``store``, one after another; with ``seq`` the input weights
+        (w_ih_t, w_ih) at the start, over the others."""
         out, at = {}, 0
         for name, shape in shapes.items():
             n = int(np.prod(shape))
+            if seq and name in ("w_ih_t", "w_ih"):
+                out[name] = store[:n].reshape(shape)
+                continue
             out[name] = store[at:at + n].reshape(shape)
             at += n
         return out
@@ -264,6 +300,8 @@ class Layer:
             matmul(x3[t0:t1].reshape(-1, self.I), ws.pack_fwd["w_ih_t"],
                    ws.xp[t0:t1].reshape(-1, self.G * self.H), bias=p.b_ih,
                    threads=runtime.numba_threads())
+        if ws.seq_packs:                # the recurrent weights' turn (sequential_packs)
+            self._pack_forward(ws, p)
         return 0, x3, ws.pack_fwd["w_ih_t"], p.b_ih, ids, ws.dh_mm
 
     def per_step_inputs(self, dtype) -> bool:
@@ -279,11 +317,13 @@ class Layer:
             return 0, ws.xp, ws.pack_bwd["w_hh"]
         return 1, self.dx_buffer(ws).reshape(ws.T, ws.B, self.I), ws.pack_bwd["w_ih"]
 
-    def _dx_after(self, ws: Workspace, t0: int, t1: int) -> None:
+    def _dx_after(self, ws: Workspace, p: LayerParams, t0: int, t1: int) -> None:
         """dx of steps t0..t1-1 = d(pre) W_ih as one product (dense input, weights above
         PER_STEP_BYTES), once the backward steps have left d(pre) in ws.xp."""
         if self.onehot or self.per_step_inputs(ws.xp.dtype) or t1 <= t0:
             return
+        if ws.seq_packs:                # the input weights' turn (sequential_packs)
+            packed(p.w_ih, ws.pack_bwd["w_ih"])
         B = ws.B
         matmul(ws.xp[t0:t1].reshape(-1, self.G * self.H), ws.pack_bwd["w_ih"],
                self.dx_buffer(ws)[t0 * B:t1 * B], threads=runtime.numba_threads())
@@ -294,10 +334,20 @@ class Layer:
         T, B, H = ws.T, ws.B, self.H
         dhh2 = ws.xp.reshape(T * B, self.G * H)       # (N, G*H)
         hprev = ws.hs[:T].reshape(T * B, H)           # (N, H)
-        runtime.matmul(dhh2.T, hprev, ws.dw_hh)
-        g.w_hh += ws.dw_hh
+        self._grad_product(ws, dhh2.T, hprev, ws.dw_hh, g.w_hh)
         np.sum(dhh2, axis=0, out=ws.db)
         g.b_hh += ws.db
+
+    @staticmethod
+    def _grad_product(ws: Workspace, a, b, scratch, g) -> None:
+        """g += a @ b (a weight gradient), the product by :func:`charrnn.runtime.matmul`
+        straight into ``g`` when ``ws.fresh`` (g is zero: the same bits, and the scratch
+        is never touched, LSTM 2x512: 4 MB less resident), else into ``scratch`` first."""
+        if ws.fresh:
+            runtime.matmul(a, b, g)
+        else:
+            runtime.matmul(a, b, scratch)
+            g += scratch
 
     def final_state(self, ws: Workspace) -> tuple:
         return (ws.hs[ws.T],)
@@ -321,7 +371,8 @@ class Layer:
             np.copyto(ws.w_t, p.w_ih.T)
         else:
             packed(p.w_ih.T, ws.pack_fwd["w_ih_t"])
-        self._pack_forward(ws, p)
+        if not ws.seq_packs:            # else after the projection (_input_args)
+            self._pack_forward(ws, p)
 
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         """Steps t0..t1-1 (h_t into ws.hs[t+1]); x rows of steps t0..t1-1 must be ready."""
@@ -332,7 +383,7 @@ class Layer:
         steps and the input gradient (and, to recompute, for the forward steps)."""
         ws.dh_next = ws.zeros
         packed(p.w_hh, ws.pack_bwd["w_hh"])
-        if not self.onehot:
+        if not self.onehot and not ws.seq_packs:    # else after the steps (_dx_after)
             packed(p.w_ih, ws.pack_bwd["w_ih"])
         if ws.chunk:
             self._pack_inputs(ws, p)
@@ -381,14 +432,18 @@ class Layer:
             self.forward_steps(self._view(ws, a, b), p, self._rows(x, a, b, ws.B),
                                idx[a * ws.B:b * ws.B], 0, b - a)
 
-    def run_backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx) -> None:
+    def run_backward(self, ws: Workspace, p: LayerParams, g: LayerParams, dy, x, idx,
+                     fresh: bool = False) -> None:
         """The whole backward pass of the layer: dx (when the input is dense) and the
-        weight gradients accumulated into ``g``; dy (T, B, H)."""
+        weight gradients accumulated into ``g``; dy (T, B, H).  ``fresh``: the caller
+        has zeroed ``g`` for this pass, so a pass over all T steps at once (not chunk by
+        chunk) may write its weight-gradient products straight into it."""
         T, B = ws.T, ws.B
         self.backward_start(ws, p)
+        ws.fresh = fresh and not ws.chunk
         if not ws.chunk:
             self.backward_steps(ws, p, dy, 0, T)
-            self._dx_after(ws, 0, T)
+            self._dx_after(ws, p, 0, T)
             self.backward_finish(ws, p, g, x, idx)
             return
         if not self.onehot:
@@ -398,7 +453,7 @@ class Layer:
             xr, ir = self._rows(x, a, b, B), idx[a * B:b * B]
             self.recompute(v, p, xr, ir)                        # the chunk's gates again
             self.backward_steps(v, p, dy[a:b], 0, b - a)
-            self._dx_after(v, 0, b - a)
+            self._dx_after(v, p, 0, b - a)
             ws.dh_next = v.dh_next
             self.backward_finish(v, p, g, xr, ir)
 
@@ -454,8 +509,7 @@ class Layer:
                                 idx, dxp2, ws.dw_t)
             g.w_ih += ws.dw_t.T
         else:
-            runtime.matmul(dxp2.T, x, ws.dw_ih)
-            g.w_ih += ws.dw_ih
+            self._grad_product(ws, dxp2.T, x, ws.dw_ih, g.w_ih)
 
 
 def make_layer(cfg, index: int) -> Layer:

@@ -120,10 +120,10 @@ class GRULayer(Layer):
         dhh2 = ws.dhh.reshape(T * B, 3 * H)         # (N, 3H)
         hprev = ws.hs[:T].reshape(T * B, H)         # (N, H)
         if not self.before:
-            runtime.matmul(dhh2.T, hprev, ws.dw_hh)
+            self._grad_product(ws, dhh2.T, hprev, ws.dw_hh, g.w_hh)
         else:
-            runtime.matmul(dhh2[:, :2 * H].T, hprev, ws.dw_hh[:2 * H])
-            runtime.matmul(dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H), ws.dw_hh[2 * H:])
-        g.w_hh += ws.dw_hh
+            self._grad_product(ws, dhh2[:, :2 * H].T, hprev, ws.dw_hh[:2 * H], g.w_hh[:2 * H])
+            self._grad_product(ws, dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H),
+                               ws.dw_hh[2 * H:], g.w_hh[2 * H:])
         np.sum(dhh2, axis=0, out=ws.db)
         g.b_hh += ws.db

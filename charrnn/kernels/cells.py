@@ -292,16 +292,18 @@ def scatter_threads(C: int, threads: int) -> int:
 @jit
 def _softmax_xent(logits, targets, scale, want_grad, dlogits, nll):
     """nll[n] = logsumexp(logits[n]) - logits[n, targets[n]] (float64);
-    if want_grad: dlogits[n] = scale * (softmax(logits[n]) - onehot(targets[n]))."""
+    if want_grad: dlogits[n] = scale * (softmax(logits[n]) - onehot(targets[n])).
+    dlogits may be logits itself (each row is read before it is written)."""
     N, V = logits.shape
     for n in prange(N):
         m = logits[n, 0]
         for v in range(1, V):
             if logits[n, v] > m:
                 m = logits[n, v]
-        s = exp_into(logits[n], m, dlogits[n])     # dlogits is scratch without want_grad
         tgt = targets[n]
-        nll[n] = np.log(s) - (logits[n, tgt] - m)
+        picked = logits[n, tgt] - m
+        s = exp_into(logits[n], m, dlogits[n])     # dlogits is scratch without want_grad
+        nll[n] = np.log(s) - picked
         if want_grad:
             inv = dlogits.dtype.type(scale / s)
             for v in range(V):

@@ -1,0 +1,143 @@
+"""charrnn.fastload: cached kernels load without numba's registries, from a cached NRT.
+
+Each check runs in a fresh interpreter (what is loaded, and how, is decided once per
+process) on the suite's numba cache; the NRT cache file is put back after each test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from charrnn import runtime
+
+# Trains two steps of a small LSTM, prints the loss, the fastload counters and whether
+# numba imported its lowering registries (numba.np.arraymath is one of them).
+PROBE = r"""
+import json, sys
+import numpy as np
+from charrnn import fastload
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.model import Model
+from charrnn.optim import Optimizer
+m = Model.from_config(ModelConfig(cell="lstm", vocab_size=7, hidden_size=6, num_layers=2,
+                                  dtype="float32"), seed=3)
+opt = Optimizer(TrainConfig(clip=5.0), m)
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 7, (4, 5)), rng.integers(0, 7, (4, 5))
+state = m.initial_state(4)
+for _ in range(2):
+    loss, state = m.forward_backward(x, y, state)
+    opt.step(m.flat, m.grad_flat, 1e-2)
+EXTRA
+print(json.dumps({"loss": float(loss), "flat": m.flat.tolist(), "stats": fastload.STATS,
+                  "registries": "numba.np.arraymath" in sys.modules}))
+"""
+
+# Compiled in the probe process (never cached): a new function that calls a kernel the
+# fast path loaded, so numba must link the kernel's IR into new code.
+CALLER = r"""
+from numba import njit
+from charrnn.kernels.activations import exp_into
+a = np.arange(3.0)
+exp_into(a, 0.0, np.empty_like(a))          # from the cache (once it has this signature)
+(lib,) = [c.library for c in exp_into.overloads.values()]
+deferred = lib._shared_module is None
+@njit
+def caller(a):
+    out = np.empty_like(a)
+    return exp_into(a, 0.0, out), out
+s, out = caller(a)
+assert abs(s - np.exp(a).sum()) < 1e-12, s
+assert lib._shared_module is not None       # parsed again to link caller
+print(json.dumps({"deferred": deferred}))
+"""
+
+
+@pytest.fixture
+def cache_dir():
+    """The suite's numba cache, its NRT cache files restored after the test."""
+    d = runtime.numba_cache_dir()
+    saved = {p: p.read_bytes() for p in d.glob("nrt-*.bin")}
+    yield d
+    for p in d.glob("nrt-*.bin"):
+        p.unlink()
+    for p, data in saved.items():
+        p.write_bytes(data)
+
+
+def probe(cache_dir: Path, extra: str = "", fastload: bool = True) -> dict:
+    env = dict(os.environ, CHARRNN_THREADS="2",
+               CHARRNN_NUMBA_FASTLOAD="1" if fastload else "0")
+    res = subprocess.run([sys.executable, "-c", PROBE.replace("EXTRA", extra)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    if len(lines) > 1:
+        out.update(json.loads(lines[-2]))
+    return out
+
+
+def nrt_files(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("nrt-*.bin"))
+
+
+def test_fast_path_loads_kernels_without_registries_and_same_numbers(cache_dir):
+    probe(cache_dir)                                   # warms the private cache
+    for f in nrt_files(cache_dir):
+        f.unlink()
+    first = probe(cache_dir)                           # NRT compiled, then cached
+    assert first["stats"]["nrt_compiled"] == 1 and first["stats"]["nrt_loaded"] == 0
+    assert len(nrt_files(cache_dir)) == 1
+    fast = probe(cache_dir)
+    assert fast["stats"]["nrt_loaded"] == 1 and fast["stats"]["nrt_compiled"] == 0
+    assert fast["stats"]["fast_loads"] >= 5
+    assert fast["stats"]["deferred_modules"] == fast["stats"]["fast_loads"]
+    assert fast["stats"]["nrt_fallback"] == 0
+    assert not fast["registries"]       # numba's lowering registries were never imported
+    slow = probe(cache_dir, fastload=False)
+    assert slow["stats"]["fast_loads"] == 0 and slow["registries"]
+    # the same kernels, so the same bits
+    assert fast["loss"] == slow["loss"] == first["loss"]
+    assert fast["flat"] == slow["flat"] == first["flat"]
+
+
+def test_code_compiled_later_links_a_fast_loaded_kernel(cache_dir):
+    probe(cache_dir, extra=CALLER)                     # exp_into(float64 ...) cached
+    out = probe(cache_dir, extra=CALLER)
+    assert out["deferred"]                             # its IR was kept as bitcode
+    assert out["stats"]["fast_loads"] >= 6 and out["stats"]["nrt_fallback"] == 0
+
+
+def test_damaged_nrt_cache_is_compiled_again(cache_dir):
+    probe(cache_dir)
+    (path,) = nrt_files(cache_dir)
+    good = probe(cache_dir)
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))   # one bit flipped
+    out = probe(cache_dir)
+    assert out["stats"]["nrt_compiled"] == 1 and out["loss"] == good["loss"]
+    path.write_bytes(data[:100])                       # truncated
+    out = probe(cache_dir)
+    assert out["stats"]["nrt_compiled"] == 1 and out["loss"] == good["loss"]
+    path.write_bytes(b"not an NRT cache file")
+    out = probe(cache_dir)
+    assert out["stats"]["nrt_compiled"] == 1 and out["flat"] == good["flat"]
+    again = probe(cache_dir)                           # rewritten whole
+    assert again["stats"]["nrt_loaded"] == 1
+
+
+def test_nrt_cache_file_format_round_trips():
+    from charrnn import fastload
+
+    data = fastload._pack(b"\x7fELF object", b"BC\xc0\xde")
+    assert fastload._unpack(data) == (b"\x7fELF object", b"BC\xc0\xde")
+    with pytest.raises(ValueError, match="not a charrnn NRT cache file"):
+        fastload._unpack(b"garbage")
+    for bad in (data[:-1], data[:-1] + b"X", data[:len(fastload._MAGIC) + 50]):
+        with pytest.raises(ValueError, match="damaged or truncated"):
+            fastload._unpack(bad)
