@@ -216,7 +216,7 @@ class TrainConfig(_Config):
     seed: int = 1234
     # Keep only the states h (and c) of every step and recompute the gates in backward,
     # a chunk of steps at a time (gradient checkpointing): the gates, most of a training
-    # pass's memory, shrink from seq_len steps to a chunk, for about 1.2-1.6x the time.
+    # pass's memory, shrink from seq_len steps to a chunk, for about 1.2-1.7x the time.
     # Same losses; the weight gradients agree to rounding.
     low_memory: bool = False
 

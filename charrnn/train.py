@@ -137,7 +137,7 @@ def check_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> TrainConfig:
             console.log(f"this model and batch need about {_fmt_bytes(need)} of memory but "
                         f"only {_fmt_bytes(avail)} is available: training with --low-memory "
                         f"({_fmt_bytes(need_low)}; the gates are recomputed in backward, "
-                        "1.2-1.6x the time)")
+                        "1.2-1.7x the time)")
             return low
         need = need_low
     raise ConfigError(

@@ -67,7 +67,7 @@ OPTIONS = [
     # resources
     (("--low-memory/--no-low-memory",), "train", "low_memory", None,
      "Recompute the gates in backward instead of keeping them: much less memory, "
-     "about 1.2-1.6x the time."),
+     "about 1.2-1.7x the time."),
 ]
 
 
