@@ -37,10 +37,11 @@ from pathlib import Path
 #: off with CHARRNN_NUMBA_FASTLOAD=0 (numba's own loading path, for comparison)
 ENABLED = os.environ.get("CHARRNN_NUMBA_FASTLOAD", "1").strip() != "0"
 
-#: counts: kernels loaded on the fast path, their IR kept as bitcode; NRT initialised
-#: from the cached object code, compiled (and cached), or by numba itself (a fallback)
-STATS = {"fast_loads": 0, "deferred_modules": 0, "nrt_loaded": 0, "nrt_compiled": 0,
-         "nrt_fallback": 0}
+#: counts: kernels loaded on the fast path, their IR kept as bitcode, kernels handed to
+#: numba's path after an error; NRT initialised from the cached object code, compiled
+#: (and cached), or by numba itself (a fallback)
+STATS = {"fast_loads": 0, "deferred_modules": 0, "load_fallback": 0, "nrt_loaded": 0,
+         "nrt_compiled": 0, "nrt_fallback": 0}
 
 _MAGIC = b"charrnn-nrt-object-v1\n"
 
@@ -134,12 +135,16 @@ def _load_overload(self, sig, target_context):
     except Exception:                 # anything unexpected: numba's own path
         STATS["nrt_fallback"] += 1
         return type(self).load_overload(self, sig, target_context)
-    with self._guard_against_spurious_io_errors():
-        out = self._load_overload(sig, target_context)
-        if out is not None:
-            STATS["fast_loads"] += 1
-            _defer_linking_module(out.library)
-        return out
+    try:
+        with self._guard_against_spurious_io_errors():
+            out = self._load_overload(sig, target_context)
+    except Exception:                 # a kernel that needs more: numba's own path
+        STATS["load_fallback"] += 1
+        return type(self).load_overload(self, sig, target_context)
+    if out is not None:
+        STATS["fast_loads"] += 1
+        _defer_linking_module(out.library)
+    return out
 
 
 def _defer_linking_module(library) -> None:
