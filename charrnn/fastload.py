@@ -19,8 +19,10 @@ CPU; never pickled).
 
 Measured on the 2-core AMD EPYC (Zen 3) of 2026-12-03, a fresh process loading one
 cached kernel: 0.55 s and 27 MB anonymous + 39 MB file-backed resident memory with
-numba's path, 0.04 s and 2 + 14 MB with this one; peak RSS of LSTM 2x512 training 371
--> 320 MB (benchmarks/_worker.py rss).
+numba's path, 0.04 s and 2 + 14 MB with this one; peak RSS of LSTM 2x512 training
+(benchmarks/_worker.py rss) 371 -> 343 MB without the registries, 324 MB with the NRT
+cached, 310 MB once the kernels' IR is kept as bitcode (with that day's smaller
+training buffers, charrnn.cells).
 
 Everything here falls back to numba's own path on any error, and :data:`ENABLED` (False
 when ``CHARRNN_NUMBA_FASTLOAD=0``) turns it off.  ``STATS`` counts what happened (tests).
