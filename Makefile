@@ -57,7 +57,10 @@ test: install-dev install-mpi
 lint:
 	$(PYTHON) -m ruff check charrnn tests benchmarks
 
+# compileall: bytecode as an installed package has it (pip writes it; with
+# PYTHONDONTWRITEBYTECODE set, an editable checkout compiles its modules at every start)
 bench: install-torch
+	$(PYTHON) -m compileall -q charrnn
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/run.py --out benchmarks/results.md
 
 bench-quality: install

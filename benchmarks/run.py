@@ -64,13 +64,24 @@ def flops_per_char(cell: str, L: int, H: int, train: bool) -> float:
     return fwd * (3 if train else 1)
 
 
-def median_pair(fn_ours, fn_theirs, rounds: int):
-    ours, theirs = [], []
+def median_pair(fn_ours, fn_theirs, rounds: int, faster=min):
+    """Medians over ``rounds`` alternating rounds of charrnn's and PyTorch's figure, and
+    the ratio of each round's pair (charrnn's speed over PyTorch's: ``faster`` is min
+    for times, max for rates).  The table's ratio is the ratio of the medians; the
+    per-round ratios show how far this machine's drift moves it."""
+    ours, theirs, ratios = [], [], []
     for _ in range(rounds):
         ours.append(fn_ours())
         if fn_theirs is not None:
             theirs.append(fn_theirs())
-    return statistics.median(ours), (statistics.median(theirs) if theirs else None)
+            ratios.append(theirs[-1] / ours[-1] if faster is min else ours[-1] / theirs[-1])
+    return (statistics.median(ours), (statistics.median(theirs) if theirs else None),
+            ratios)
+
+
+def spread(ratios: list[float]) -> str:
+    """'1.41-1.62x' (lowest and highest per-round ratio), or 'n/a'."""
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "n/a"
 
 
 def wall(cmd: list[str], n: int = 5) -> float:
@@ -134,21 +145,23 @@ def main() -> None:
         c = dict(rep, cell=cell, L=L, H=H, B=B, T=T, V=V, low_memory=low)
         if H >= 512:
             c["inner"] = 2 if a.quick else 3
-        ours, theirs = median_pair(lambda: worker("charrnn", "train", c)["sec_per_batch"],
-                                   (lambda: worker("torch", "train", c)["sec_per_batch"])
-                                   if torch_ok else None, a.rounds)
+        ours, theirs, rr = median_pair(
+            lambda: worker("charrnn", "train", c)["sec_per_batch"],
+            (lambda: worker("torch", "train", c)["sec_per_batch"]) if torch_ok else None,
+            a.rounds)
         cps, tcps = B * T / ours, (B * T / theirs if theirs else None)
         gf = cps * flops_per_char(cell, L, H, True) / 1e9
-        train_rows.append((name, B, T, cps, tcps, gf))
+        train_rows.append((name, B, T, cps, tcps, gf, rr))
         log(f"train {name}: charrnn {cps:,.0f} chars/s, torch {tcps or 0:,.0f}")
         ceilings.append(measure_ceiling()["gflops"])
     ceiling = statistics.median(ceilings)
     log(f"BLAS ceiling, median of {len(ceilings)}: {ceiling:.0f} GFLOP/s "
         f"({min(ceilings):.0f}-{max(ceilings):.0f})")
     c = dict(rep, cell="lstm", L=2, H=256, B=50, T=50, V=V)
-    ours, theirs = median_pair(lambda: worker("charrnn", "eval", c)["sec_per_batch"],
-                               (lambda: worker("torch", "eval", c)["sec_per_batch"])
-                               if torch_ok else None, a.rounds)
+    ours, theirs, eval_rr = median_pair(
+        lambda: worker("charrnn", "eval", c)["sec_per_batch"],
+        (lambda: worker("torch", "eval", c)["sec_per_batch"]) if torch_ok else None,
+        a.rounds)
     eval_row = (2500 / ours, 2500 / theirs if theirs else None)
     log(f"eval LSTM 2x256: charrnn {eval_row[0]:,.0f}, torch {eval_row[1] or 0:,.0f}")
 
@@ -157,11 +170,11 @@ def main() -> None:
     for name, L, H, N, n in SAMPLE:
         c = dict(threads=th, repeats=3, cell="lstm", L=L, H=H, V=V, streams=N, n=n)
         tc = dict(c, n=max(50, n // 4))
-        ours, theirs = median_pair(
+        ours, theirs, rr = median_pair(
             lambda: (lambda r: r["chars"] / r["sec"])(worker("charrnn", "sample", c)),
             (lambda: (lambda r: r["chars"] / r["sec"])(worker("torch", "sample", tc)))
-            if torch_ok else None, a.rounds)
-        sample_rows.append((name, ours, theirs))
+            if torch_ok else None, a.rounds, faster=max)
+        sample_rows.append((name, ours, theirs, rr))
         log(f"sample {name}: charrnn {ours:,.0f} chars/s, torch {theirs or 0:,.0f}")
 
     # ---- memory
@@ -213,7 +226,9 @@ def main() -> None:
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{th} threads for both; Python {platform.python_version()}; PyTorch {torch_v}; "
         f"BLAS: {blas}). Each figure is the median over {a.rounds} alternating rounds of "
-        "fresh processes, each the best of several timed repeats after warm-up.",
+        "fresh processes, each the best of several timed repeats after warm-up; the ratio "
+        "is the ratio of the two medians, and the range beside it that of the rounds' "
+        "own ratios (charrnn's run and PyTorch's next to it).",
         "",
         f"float32 matrix-multiply ceiling (numpy BLAS, 2048x2048): **{ceiling:.0f} GFLOP/s** "
         f"(median of {len(ceilings)} measurements through the run, each the best of 5; "
@@ -221,28 +236,30 @@ def main() -> None:
         "",
         "## Training (forward + backward + Adam step, clip 5), characters/second",
         "",
-        "| model | B | T | charrnn | PyTorch | ratio | charrnn GFLOP/s | of ceiling |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | B | T | charrnn | PyTorch | ratio | rounds' ratios | charrnn GFLOP/s "
+        "| of ceiling |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, B, T, cps, tcps, gf in train_rows:
+    for name, B, T, cps, tcps, gf, rr in train_rows:
         lines.append(f"| {name} | {B} | {T} | {num(cps)} | {num(tcps)} | {ratio(cps, tcps)} | "
-                     f"{gf:.0f} | {gf / ceiling:.0%} |")
+                     f"{spread(rr)} | {gf:.0f} | {gf / ceiling:.0%} |")
     lines += [
         "",
         "## Evaluation (forward only, loss), characters/second",
         "",
-        "| model | charrnn | PyTorch | ratio |",
-        "|---|---|---|---|",
+        "| model | charrnn | PyTorch | ratio | rounds' ratios |",
+        "|---|---|---|---|---|",
         f"| LSTM 2x256, B=50 T=50 | {num(eval_row[0])} | {num(eval_row[1])} | "
-        f"{ratio(*eval_row)} |",
+        f"{ratio(*eval_row)} | {spread(eval_rr)} |",
         "",
         "## Sampling, characters/second (PyTorch: a per-step loop with torch.multinomial)",
         "",
-        "| model | charrnn | PyTorch | ratio |",
-        "|---|---|---|---|",
+        "| model | charrnn | PyTorch | ratio | rounds' ratios |",
+        "|---|---|---|---|---|",
     ]
-    for name, ours, theirs in sample_rows:
-        lines.append(f"| {name} | {num(ours)} | {num(theirs)} | {ratio(ours, theirs)} |")
+    for name, ours, theirs, rr in sample_rows:
+        lines.append(f"| {name} | {num(ours)} | {num(theirs)} | {ratio(ours, theirs)} | "
+                     f"{spread(rr)} |")
     lines += [
         "",
         "## Memory and start-up",
