@@ -64,17 +64,17 @@ def flops_per_char(cell: str, L: int, H: int, train: bool) -> float:
     return fwd * (3 if train else 1)
 
 
-def median_pair(fn_ours, fn_theirs, rounds: int, faster=min):
+def median_pair(fn_ours, fn_theirs, rounds: int, rates: bool = False):
     """Medians over ``rounds`` alternating rounds of charrnn's and PyTorch's figure, and
-    the ratio of each round's pair (charrnn's speed over PyTorch's: ``faster`` is min
-    for times, max for rates).  The table's ratio is the ratio of the medians; the
-    per-round ratios show how far this machine's drift moves it."""
+    the ratio of each round's pair, charrnn's speed over PyTorch's (the figures are
+    times, or with ``rates`` characters per second).  The table's ratio is the ratio of
+    the medians; the per-round ratios show how far this machine's drift moves it."""
     ours, theirs, ratios = [], [], []
     for _ in range(rounds):
         ours.append(fn_ours())
         if fn_theirs is not None:
             theirs.append(fn_theirs())
-            ratios.append(theirs[-1] / ours[-1] if faster is min else ours[-1] / theirs[-1])
+            ratios.append(ours[-1] / theirs[-1] if rates else theirs[-1] / ours[-1])
     return (statistics.median(ours), (statistics.median(theirs) if theirs else None),
             ratios)
 
@@ -173,7 +173,7 @@ def main() -> None:
         ours, theirs, rr = median_pair(
             lambda: (lambda r: r["chars"] / r["sec"])(worker("charrnn", "sample", c)),
             (lambda: (lambda r: r["chars"] / r["sec"])(worker("torch", "sample", tc)))
-            if torch_ok else None, a.rounds, faster=max)
+            if torch_ok else None, a.rounds, rates=True)
         sample_rows.append((name, ours, theirs, rr))
         log(f"sample {name}: charrnn {ours:,.0f} chars/s, torch {theirs or 0:,.0f}")
 
