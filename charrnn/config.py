@@ -162,6 +162,11 @@ class DataConfig(_Config):
                f"val_frac + test_frac must be < 1 (got {self.val_frac} + {self.test_frac})")
 
 
+#: time per batch of --low-memory against a normal run, as measured (README, Performance;
+#: quoted by the option's help and by the message that switches it on)
+LOW_MEMORY_TIME = "1.2-1.7x"
+
+
 @dataclass
 class TrainConfig(_Config):
     # B: parallel streams per batch. 50 keeps the matrix products large enough for BLAS
@@ -216,8 +221,8 @@ class TrainConfig(_Config):
     seed: int = 1234
     # Keep only the states h (and c) of every step and recompute the gates in backward,
     # a chunk of steps at a time (gradient checkpointing): the gates, most of a training
-    # pass's memory, shrink from seq_len steps to a chunk, for about 1.2-1.7x the time.
-    # Same losses; the weight gradients agree to rounding.
+    # pass's memory, shrink from seq_len steps to a chunk, for about LOW_MEMORY_TIME the
+    # time.  Same losses; the weight gradients agree to rounding.
     low_memory: bool = False
 
     def validate(self) -> None:

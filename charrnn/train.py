@@ -37,7 +37,7 @@ import numpy as np
 
 from . import console
 from .checkpoint import BEST_NAME, LATEST_NAME, read_checkpoint
-from .config import ModelConfig, TrainConfig
+from .config import LOW_MEMORY_TIME, ModelConfig, TrainConfig
 from .errors import (CheckpointError, ConfigError, DataError, Interrupted, TrainingDiverged,
                      VocabError)
 
@@ -137,7 +137,7 @@ def check_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> TrainConfig:
             console.log(f"this model and batch need about {_fmt_bytes(need)} of memory but "
                         f"only {_fmt_bytes(avail)} is available: training with --low-memory "
                         f"({_fmt_bytes(need_low)}; the gates are recomputed in backward, "
-                        "1.2-1.7x the time)")
+                        f"{LOW_MEMORY_TIME} the time)")
             return low
         need = need_low
     raise ConfigError(

@@ -7,8 +7,8 @@ import click
 
 from ..cli import json_option, threads_option, use_threads
 from ..clitypes import Duration, FiniteFloat
-from ..config import CELLS, GRU_RESET, NONLINEARITIES, OPTIMIZERS, SCHEDULES, ModelConfig, \
-    TrainConfig
+from ..config import CELLS, GRU_RESET, LOW_MEMORY_TIME, NONLINEARITIES, OPTIMIZERS, SCHEDULES, \
+    ModelConfig, TrainConfig
 
 M, TR = ModelConfig, TrainConfig
 _INT = click.IntRange
@@ -67,7 +67,7 @@ OPTIONS = [
     # resources
     (("--low-memory/--no-low-memory",), "train", "low_memory", None,
      "Recompute the gates in backward instead of keeping them: much less memory, "
-     "about 1.2-1.7x the time."),
+     f"about {LOW_MEMORY_TIME} the time."),
 ]
 
 
