@@ -78,3 +78,43 @@ def test_empty_reduction_and_errors():
         P.matmul(np.ones((4, 5), np.float32), wp, np.empty((3, 4), np.float32).T)
     with pytest.raises(ValueError, match="2-D float32 or float64"):
         P.packed(np.ones((2, 2), np.int64))
+
+
+def _micro_runner(micro):
+    from numba import njit
+
+    @njit
+    def run(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K):
+        micro(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
+    return run
+
+
+@pytest.mark.skipif(not P._has_avx2_fma(), reason="the inline-assembly k loop needs "
+                    "x86-64 with AVX2 and FMA")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_assembly_loop_gives_the_ir_loops_bits(dtype):
+    """The AVX2 assembly k loop and the LLVM IR one: the same bits for every tile height,
+    with and without a bias, for row-major and column-major A (column stride != 1)."""
+    rng = np.random.default_rng(2)
+    nr = P.panel_width(dtype)
+    K = 23
+    w = rng.standard_normal((K, nr)).astype(dtype)
+    wp = P.packed(w)
+    bias = rng.standard_normal(nr).astype(dtype)
+    heights = range(1, 7) if dtype == np.float32 else (1, 6)
+    for rows in heights:
+        asm, irl = _micro_runner(P._micro(rows, asm=True)), _micro_runner(P._micro(rows, asm=False))
+        for a in (rng.standard_normal((rows, K)).astype(dtype),
+                  np.asfortranarray(rng.standard_normal((rows, K)).astype(dtype))):
+            s = a.itemsize
+            for b_addr in (0, bias.ctypes.data):
+                outs = []
+                for run in (asm, irl):
+                    c = np.full((rows, nr + 3), np.nan, dtype)      # ldc > NR
+                    run(c, a.ctypes.data, a.strides[0] // s, a.strides[1] // s,
+                        wp.ctypes.data, b_addr, c.ctypes.data, c.strides[0] // s, K)
+                    outs.append(c)
+                np.testing.assert_array_equal(outs[0], outs[1])
+                ref = _ref(a, w, bias if b_addr else None)
+                np.testing.assert_allclose(outs[0][:, :nr], ref, rtol=2e-5, atol=2e-5)
+                assert np.isnan(outs[0][:, nr:]).all()

@@ -16,10 +16,13 @@ NR is two vector registers of the host (float32: 32 columns with AVX-512, 16 wit
 Micro-kernel.  C[i:i+m, panel] = bias + A[i:i+m, :] @ panel for a tile of m <= MR rows
 of A (MR = 12 with 32 vector registers, 6 with 16), as one loop over k that broadcasts
 A[r, k] and does 2*m fused multiply-adds into 2*m register accumulators (which start at
-the bias, or at zero).  It is written in LLVM IR through a numba ``intrinsic`` (numba's
-own loops cannot pin an accumulator tile in registers), so it compiles, inlines and
-caches like any other kernel; the vector width is chosen from the host CPU that numba
-compiles for.  M rows are cut into tiles of near-equal height.
+the bias, or at zero).  It is a numba ``intrinsic`` (numba's own loops cannot pin an
+accumulator tile in registers), so it compiles, inlines and caches like any other
+kernel; the vector width is chosen from the host CPU that numba compiles for.  The k
+loop is inline assembly on x86-64 with AVX2 and FMA (16 registers: 12 accumulators, 2
+panel vectors, 1 broadcast, fixed by the constraints; LLVM's own register allocation
+spilled an accumulator in some copies, see :func:`_asm_loop`) and LLVM IR elsewhere.
+M rows are cut into tiles of near-equal height.
 
 Where it is used: every product of the recurrent layers except the weight gradients
 (charrnn.kernels.steps: recurrent products, input projections and input gradients, one
@@ -63,9 +66,32 @@ def _vector_bits() -> int:
     return 128
 
 
+def _has_avx2_fma() -> bool:
+    """x86-64 with AVX2 and FMA (what :func:`_asm_loop`'s instructions need)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        import llvmlite.binding as llvm
+        feats = llvm.get_host_cpu_features()
+    except Exception:                                     # pragma: no cover
+        return False
+    if not (feats.get("avx2", False) and feats.get("fma", False)):
+        return False
+    try:
+        llvm.initialize_native_asmparser()    # LLVM parses inline assembly with it
+    except Exception:                                     # pragma: no cover
+        return False
+    return True
+
+
 VECTOR_BITS = _vector_bits()
 NV = 2                                   # vector registers per row of the output tile
 MR = 12 if VECTOR_BITS == 512 else 6     # rows of the tile: 2*MR accumulators + 3 regs
+#: the k loop in inline assembly (:func:`_asm_loop`) on x86-64 with AVX2 and FMA (16
+#: vector registers); LLVM IR (:func:`_ir_loop`) elsewhere
+ASM_LOOP = VECTOR_BITS == 256 and _has_avx2_fma()
 
 
 def panel_width(dtype) -> int:
@@ -79,13 +105,136 @@ def packed_shape(K: int, N: int, dtype) -> tuple[int, int, int]:
     return ((N + nr - 1) // nr, K, nr)
 
 
-def _micro(rows: int):
+def _vector_type(double: bool):
+    """(element type, vector register type) of the micro-kernel."""
+    fty = ir.DoubleType() if double else ir.FloatType()
+    return fty, ir.VectorType(fty, VECTOR_BITS // (64 if double else 32))
+
+
+def _no_unroll(module):
+    """Loop metadata that keeps LLVM from unrolling a loop (a loop ID: a node whose first
+    operand is itself; the unique placeholder keeps llvmlite from reusing a node)."""
+    disable = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    loop_id = module.add_metadata([disable, ir.MetaDataString(
+        module, f"charrnn.packed.loop.{len(module.metadata)}")])
+    loop_id.operands = (loop_id, disable)
+    return loop_id
+
+
+def _ir_loop(builder, rows, double, init, a_i, rs_a, cs_a, w_i, k_v):
+    """The k loop in LLVM IR (any target): returns the rows x NV accumulators after it.
+    With 16 vector registers it is not unrolled: unrolled, each step needs NV more
+    registers for the next panel row, and an accumulator ends up on the stack."""
+    fty, vty = _vector_type(double)
+    size = 8 if double else 4
+    vw = vty.count
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty] * 3),
+        f"llvm.fma.v{vw}{'f64' if double else 'f32'}")
+
+    def const(n):
+        return ir.Constant(_I64, n)
+
+    def at(base, index, ty):                             # pointer to element ``index``
+        return builder.inttoptr(builder.add(base, builder.mul(index, const(size))),
+                                ty.as_pointer())
+
+    start = builder.basic_block
+    loop = builder.append_basic_block("packed.loop")
+    done = builder.append_basic_block("packed.done")
+    undef = ir.Constant(vty, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(_I32, vw), [0] * vw)
+    row_a = [builder.mul(const(r), rs_a) for r in range(rows)]
+    builder.branch(loop)
+
+    builder.position_at_end(loop)
+    k = builder.phi(_I64)
+    k.add_incoming(const(0), start)
+    acc = [[builder.phi(vty) for _ in range(NV)] for _ in range(rows)]
+    for row in acc:
+        for j, p in enumerate(row):
+            p.add_incoming(init[j], start)
+    w_row = builder.mul(k, const(NV * vw))
+    w = [builder.load(at(w_i, builder.add(w_row, const(j * vw)), vty), typ=vty, align=size)
+         for j in range(NV)]
+    k_a = builder.mul(k, cs_a)
+    new = []
+    for r in range(rows):
+        s = builder.load(at(a_i, builder.add(row_a[r], k_a), fty), typ=fty, align=size)
+        v = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
+                                   undef, splat)
+        new.append([builder.call(fma, [v, w[j], acc[r][j]]) for j in range(NV)])
+    k_next = builder.add(k, const(1))
+    k.add_incoming(k_next, loop)
+    for r in range(rows):
+        for j in range(NV):
+            acc[r][j].add_incoming(new[r][j], loop)
+    back = builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
+    if VECTOR_BITS < 512:               # 16 registers; with 32 (AVX-512) there is room
+        back.set_metadata("llvm.loop", _no_unroll(builder.module))
+    builder.position_at_end(done)
+    return new
+
+
+def _asm_loop(builder, rows, double, init, a_i, rs_a, cs_a, w_i, k_v):
+    """The k loop as x86-64 AVX2 inline assembly (AT&T syntax): the same fused
+    multiply-adds in the same order as :func:`_ir_loop`, so the same bits, but the
+    registers are fixed by the constraints instead of left to LLVM.
+
+    Why: with 2*rows accumulators, NV panel vectors and a broadcast in 16 registers
+    there is one register to spare at rows = 6, and LLVM's scheduler, hoisting
+    broadcasts, sometimes ran out and kept an accumulator on the stack: its store and
+    reload put store-forwarding latency into the loop's dependency chain.  Measured on
+    Zen 3 (AVX2), (25, 256) x (256, 1024) on one core: 50-55 GFLOP/s with that spill,
+    85-97 without, and which one a process ran depended on the order it had compiled or
+    loaded its kernels (numba binds every caller of ``_tile`` to the first copy loaded,
+    and the copies, optimised in different modules, differed in that spill).
+
+    Registers: the 2*rows accumulators (tied in/out), two panel vectors and one
+    broadcast (early-clobber scratch); A's rows r = 0, 1, 2 at ``a + r*rs`` and
+    r = 3, 4, 5 at ``b + (r-3)*rs`` with ``b = a + 3*rs``; both advance by A's column
+    stride, the panel by one row (NV vectors), ``k`` counts down to zero.  K >= 1."""
+    _fty, vty = _vector_type(double)
+    size = 8 if double else 4
+    sfx = "d" if double else "s"
+    n_acc = rows * NV
+    rs_b = builder.mul(rs_a, ir.Constant(_I64, size))            # bytes between rows
+    cs_b = builder.mul(cs_a, ir.Constant(_I64, size))            # bytes between columns
+    b_i = builder.add(a_i, builder.mul(rs_b, ir.Constant(_I64, 3)))
+    # operands: outputs 0..n_acc-1 accumulators, then a, b, w, k, then scratch W0 W1 T;
+    # inputs: the tied accumulators and a, b, w, k, then the two strides
+    ia, ib, iw, ik = n_acc, n_acc + 1, n_acc + 2, n_acc + 3
+    w0, w1, t = n_acc + 4, n_acc + 5, n_acc + 6
+    n_out = n_acc + 7
+    irs, ics = n_out + n_acc + 4, n_out + n_acc + 5
+    rows_at = [f"(${ia})", f"(${ia},${irs},1)", f"(${ia},${irs},2)",
+               f"(${ib})", f"(${ib},${irs},1)", f"(${ib},${irs},2)"]
+    body = ["1:", f"vmovup{sfx} (${iw}), ${w0}", f"vmovup{sfx} {VECTOR_BITS // 8}(${iw}), ${w1}"]
+    for r in range(rows):
+        body += [f"vbroadcasts{sfx} {rows_at[r]}, ${t}",
+                 f"vfmadd231p{sfx} ${w0}, ${t}, ${r * NV}",
+                 f"vfmadd231p{sfx} ${w1}, ${t}, ${r * NV + 1}"]
+    body += [f"add $${NV * VECTOR_BITS // 8}, ${iw}", f"add ${ics}, ${ia}", f"add ${ics}, ${ib}",
+             f"dec ${ik}", "jnz 1b"]
+    constraints = (["=x"] * n_acc + ["=r"] * 4 + ["=&x"] * 3
+                   + [str(i) for i in range(n_acc + 4)] + ["r", "r"]
+                   + ["~{cc}", "~{memory}"])
+    ret = ir.LiteralStructType([vty] * n_acc + [_I64] * 4 + [vty] * 3)
+    args = [init[j] for _ in range(rows) for j in range(NV)] + [a_i, b_i, w_i, k_v, rs_b, cs_b]
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    out = builder.asm(fnty, "\n".join(body), ",".join(constraints), args, True,
+                      name="packed.tile")
+    return [[builder.extract_value(out, r * NV + j) for j in range(NV)] for r in range(rows)]
+
+
+def _micro(rows: int, asm: bool | None = None):
     """The micro-kernel intrinsic for a tile of ``rows`` rows:
     ``kern(c, a_addr, rs_a, cs_a, w_addr, c_addr, ldc, K)`` writes
     C[r, 0:NR] = sum_k A[r, k] * W[k, 0:NR] for r < rows, with A[r, k] at
     a_addr + (r*rs_a + k*cs_a) elements, the packed panel W (K, NR) at w_addr and C's row r
     at c_addr + r*ldc elements.  ``c`` (an array of the dtype) only types the call.
-    K >= 1."""
+    K >= 1.  ``asm``: the k loop in inline assembly (:func:`_asm_loop`, up to 6 rows) or
+    in LLVM IR (:func:`_ir_loop`); default :data:`ASM_LOOP` (the tests compare the two)."""
 
     @intrinsic
     def kern(typingctx, c, a_addr, rs_a, cs_a, w_addr, b_addr, c_addr, ldc, K):
@@ -97,14 +246,9 @@ def _micro(rows: int):
 
         def codegen(context, builder, signature, args):
             _, a_i, rs_a_v, cs_a_v, w_i, b_i, c_i, ldc_v, k_v = args
-            fty = ir.DoubleType() if double else ir.FloatType()
+            _fty, vty = _vector_type(double)
             size = 8 if double else 4
-            vw = VECTOR_BITS // (8 * size)
-            nr = NV * vw
-            vty = ir.VectorType(fty, vw)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty] * 3),
-                f"llvm.fma.v{vw}{'f64' if double else 'f32'}")
+            vw = vty.count
 
             def const(n):
                 return ir.Constant(_I64, n)
@@ -116,12 +260,7 @@ def _micro(rows: int):
             entry = builder.basic_block
             load_bias = builder.append_basic_block("packed.bias")
             start = builder.append_basic_block("packed.start")
-            loop = builder.append_basic_block("packed.loop")
-            done = builder.append_basic_block("packed.done")
             zero = ir.Constant(vty, [0.0] * vw)
-            undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_I32, vw), [0] * vw)
-            row_a = [builder.mul(const(r), rs_a_v) for r in range(rows)]
             builder.cbranch(builder.icmp_unsigned("!=", b_i, const(0)), load_bias, start)
 
             builder.position_at_end(load_bias)          # accumulators start at the bias
@@ -136,34 +275,11 @@ def _micro(rows: int):
                 phi.add_incoming(zero, entry)
                 phi.add_incoming(bias[j], load_bias)
                 init.append(phi)
-            builder.branch(loop)
+            if (ASM_LOOP if asm is None else asm) and rows <= 6:
+                new = _asm_loop(builder, rows, double, init, a_i, rs_a_v, cs_a_v, w_i, k_v)
+            else:
+                new = _ir_loop(builder, rows, double, init, a_i, rs_a_v, cs_a_v, w_i, k_v)
 
-            builder.position_at_end(loop)
-            k = builder.phi(_I64)
-            k.add_incoming(const(0), start)
-            acc = [[builder.phi(vty) for _ in range(NV)] for _ in range(rows)]
-            for row in acc:
-                for j, p in enumerate(row):
-                    p.add_incoming(init[j], start)
-            w_row = builder.mul(k, const(nr))
-            w = [builder.load(at(w_i, builder.add(w_row, const(j * vw)), vty), typ=vty,
-                              align=size) for j in range(NV)]
-            k_a = builder.mul(k, cs_a_v)
-            new = []
-            for r in range(rows):
-                s = builder.load(at(a_i, builder.add(row_a[r], k_a), fty), typ=fty,
-                                 align=size)
-                v = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
-                                           undef, splat)
-                new.append([builder.call(fma, [v, w[j], acc[r][j]]) for j in range(NV)])
-            k_next = builder.add(k, const(1))
-            k.add_incoming(k_next, loop)
-            for r in range(rows):
-                for j in range(NV):
-                    acc[r][j].add_incoming(new[r][j], loop)
-            builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
-
-            builder.position_at_end(done)
             for r in range(rows):
                 c_row = builder.mul(const(r), ldc_v)
                 for j in range(NV):
