@@ -89,8 +89,8 @@ def _micro_runner(micro):
     return run
 
 
-@pytest.mark.skipif(not P._has_avx2_fma(), reason="the inline-assembly k loop needs "
-                    "x86-64 with AVX2 and FMA")
+@pytest.mark.skipif(not P.ASM_LOOP, reason="the inline-assembly k loop needs x86-64 with "
+                    "AVX2 and FMA, and numba compiling for this host")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_assembly_loop_gives_the_ir_loops_bits(dtype):
     """The AVX2 assembly k loop and the LLVM IR one: the same bits for every tile height,
@@ -118,3 +118,10 @@ def test_assembly_loop_gives_the_ir_loops_bits(dtype):
                 ref = _ref(a, w, bias if b_addr else None)
                 np.testing.assert_allclose(outs[0][:, :nr], ref, rtol=2e-5, atol=2e-5)
                 assert np.isnan(outs[0][:, nr:]).all()
+
+
+def test_assembly_loop_is_refused_where_it_does_not_fit(monkeypatch):
+    monkeypatch.setattr(P, "ASM_LOOP", False)
+    with pytest.raises(ValueError, match="needs x86-64 with AVX2 and FMA"):
+        P._micro(4, asm=True)
+    P._micro(4, asm=False)                      # the IR loop is always available

@@ -234,7 +234,14 @@ def _micro(rows: int, asm: bool | None = None):
     a_addr + (r*rs_a + k*cs_a) elements, the packed panel W (K, NR) at w_addr and C's row r
     at c_addr + r*ldc elements.  ``c`` (an array of the dtype) only types the call.
     K >= 1.  ``asm``: the k loop in inline assembly (:func:`_asm_loop`, up to 6 rows) or
-    in LLVM IR (:func:`_ir_loop`); default :data:`ASM_LOOP` (the tests compare the two)."""
+    in LLVM IR (:func:`_ir_loop`); default :data:`ASM_LOOP` (the tests compare the two).
+    The assembly is for 256-bit registers: ``asm=True`` where :data:`ASM_LOOP` is false
+    (another host, or a portable build) is a ValueError, not an assembler error."""
+    if asm is None:
+        asm = ASM_LOOP
+    elif asm and not ASM_LOOP:
+        raise ValueError("the assembly k loop needs x86-64 with AVX2 and FMA and 256-bit "
+                         f"vectors (this build: {VECTOR_BITS}-bit)")
 
     @intrinsic
     def kern(typingctx, c, a_addr, rs_a, cs_a, w_addr, b_addr, c_addr, ldc, K):
@@ -275,7 +282,7 @@ def _micro(rows: int, asm: bool | None = None):
                 phi.add_incoming(zero, entry)
                 phi.add_incoming(bias[j], load_bias)
                 init.append(phi)
-            if (ASM_LOOP if asm is None else asm) and rows <= 6:
+            if asm and rows <= 6:
                 new = _asm_loop(builder, rows, double, init, a_i, rs_a_v, cs_a_v, w_i, k_v)
             else:
                 new = _ir_loop(builder, rows, double, init, a_i, rs_a_v, cs_a_v, w_i, k_v)
