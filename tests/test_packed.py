@@ -116,7 +116,8 @@ def test_assembly_loop_gives_the_ir_loops_bits(dtype):
                     outs.append(c)
                 np.testing.assert_array_equal(outs[0], outs[1])
                 ref = _ref(a, w, bias if b_addr else None)
-                np.testing.assert_allclose(outs[0][:, :nr], ref, rtol=2e-5, atol=2e-5)
+                tol = 1e-12 if dtype == np.float64 else 2e-5
+                np.testing.assert_allclose(outs[0][:, :nr], ref, rtol=tol, atol=tol)
                 assert np.isnan(outs[0][:, nr:]).all()
 
 
