@@ -50,14 +50,18 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _vector_bits() -> int:
-    """Width of the host's vector registers that numba's code may use."""
-    if config.CPU_NAME and config.CPU_NAME != "host":     # a portable (generic) build
-        return 128
+def _host_features() -> dict:
+    """LLVM's view of the host CPU's features ({} if it cannot tell)."""
     try:
         import llvmlite.binding as llvm
-        feats = llvm.get_host_cpu_features()
+        return dict(llvm.get_host_cpu_features())
     except Exception:                                     # pragma: no cover
+        return {}
+
+
+def _vector_bits(feats: dict) -> int:
+    """Width of the host's vector registers that numba's code may use."""
+    if config.CPU_NAME and config.CPU_NAME != "host":     # a portable (generic) build
         return 128
     if feats.get("avx512f", False):
         return 512
@@ -66,32 +70,29 @@ def _vector_bits() -> int:
     return 128
 
 
-def _has_avx2_fma() -> bool:
+def _has_avx2_fma(feats: dict) -> bool:
     """x86-64 with AVX2 and FMA (what :func:`_asm_loop`'s instructions need)."""
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        import llvmlite.binding as llvm
-        feats = llvm.get_host_cpu_features()
-    except Exception:                                     # pragma: no cover
-        return False
     if not (feats.get("avx2", False) and feats.get("fma", False)):
         return False
     try:
+        import llvmlite.binding as llvm
         llvm.initialize_native_asmparser()    # LLVM parses inline assembly with it
     except Exception:                                     # pragma: no cover
         return False
     return True
 
 
-VECTOR_BITS = _vector_bits()
+_FEATURES = _host_features()
+VECTOR_BITS = _vector_bits(_FEATURES)
 NV = 2                                   # vector registers per row of the output tile
 MR = 12 if VECTOR_BITS == 512 else 6     # rows of the tile: 2*MR accumulators + 3 regs
 #: the k loop in inline assembly (:func:`_asm_loop`) on x86-64 with AVX2 and FMA (16
 #: vector registers); LLVM IR (:func:`_ir_loop`) elsewhere
-ASM_LOOP = VECTOR_BITS == 256 and _has_avx2_fma()
+ASM_LOOP = VECTOR_BITS == 256 and _has_avx2_fma(_FEATURES)
 
 
 def panel_width(dtype) -> int:
@@ -103,6 +104,13 @@ def packed_shape(K: int, N: int, dtype) -> tuple[int, int, int]:
     """Shape (P, K, NR) of the packed form of a (K, N) matrix."""
     nr = panel_width(dtype)
     return ((N + nr - 1) // nr, K, nr)
+
+
+def _at(builder, base, index, ty, size):
+    """Pointer of type ``ty*`` to element ``index`` (i64) of ``size`` bytes after the
+    address ``base`` (i64)."""
+    return builder.inttoptr(builder.add(base, builder.mul(index, ir.Constant(_I64, size))),
+                            ty.as_pointer())
 
 
 def _vector_type(double: bool):
@@ -135,9 +143,8 @@ def _ir_loop(builder, rows, double, init, a_i, rs_a, cs_a, w_i, k_v):
     def const(n):
         return ir.Constant(_I64, n)
 
-    def at(base, index, ty):                             # pointer to element ``index``
-        return builder.inttoptr(builder.add(base, builder.mul(index, const(size))),
-                                ty.as_pointer())
+    def at(base, index, ty):
+        return _at(builder, base, index, ty, size)
 
     start = builder.basic_block
     loop = builder.append_basic_block("packed.loop")
@@ -260,9 +267,8 @@ def _micro(rows: int, asm: bool | None = None):
             def const(n):
                 return ir.Constant(_I64, n)
 
-            def at(base, index, ty):                     # pointer to element ``index``
-                addr = builder.add(base, builder.mul(index, const(size)))
-                return builder.inttoptr(addr, ty.as_pointer())
+            def at(base, index, ty):
+                return _at(builder, base, index, ty, size)
 
             entry = builder.basic_block
             load_bias = builder.append_basic_block("packed.bias")
