@@ -109,14 +109,19 @@ def packed_shape(K: int, N: int, dtype) -> tuple[int, int, int]:
 def _at(builder, base, index, ty, size):
     """Pointer of type ``ty*`` to element ``index`` (i64) of ``size`` bytes after the
     address ``base`` (i64)."""
-    return builder.inttoptr(builder.add(base, builder.mul(index, ir.Constant(_I64, size))),
+    return builder.inttoptr(builder.add(base, builder.mul(index, _i64(size))),
                             ty.as_pointer())
 
 
+def _i64(n: int):
+    return ir.Constant(_I64, n)
+
+
 def _vector_type(double: bool):
-    """(element type, vector register type) of the micro-kernel."""
+    """(element type, vector register type, element bytes) of the micro-kernel."""
     fty = ir.DoubleType() if double else ir.FloatType()
-    return fty, ir.VectorType(fty, VECTOR_BITS // (64 if double else 32))
+    size = 8 if double else 4
+    return fty, ir.VectorType(fty, VECTOR_BITS // (8 * size)), size
 
 
 def _no_unroll(module):
@@ -135,45 +140,40 @@ def _ir_loop(builder, rows, double, init, a_i, rs_a, cs_a, w_i, k_v):
     registers for the next panel row, and an accumulator ends up on the stack.  Not
     unrolled it can still spill (measured on Zen 3: 5 rows, 35 GFLOP/s), which is why
     AVX2 hosts use :func:`_asm_loop`."""
-    fty, vty = _vector_type(double)
-    size = 8 if double else 4
+    fty, vty, size = _vector_type(double)
     vw = vty.count
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vty] * 3),
         f"llvm.fma.v{vw}{'f64' if double else 'f32'}")
-
-    def const(n):
-        return ir.Constant(_I64, n)
-
-    def at(base, index, ty):
-        return _at(builder, base, index, ty, size)
 
     start = builder.basic_block
     loop = builder.append_basic_block("packed.loop")
     done = builder.append_basic_block("packed.done")
     undef = ir.Constant(vty, ir.Undefined)
     splat = ir.Constant(ir.VectorType(_I32, vw), [0] * vw)
-    row_a = [builder.mul(const(r), rs_a) for r in range(rows)]
+    row_a = [builder.mul(_i64(r), rs_a) for r in range(rows)]
     builder.branch(loop)
 
     builder.position_at_end(loop)
     k = builder.phi(_I64)
-    k.add_incoming(const(0), start)
+    k.add_incoming(_i64(0), start)
     acc = [[builder.phi(vty) for _ in range(NV)] for _ in range(rows)]
     for row in acc:
         for j, p in enumerate(row):
             p.add_incoming(init[j], start)
-    w_row = builder.mul(k, const(NV * vw))
-    w = [builder.load(at(w_i, builder.add(w_row, const(j * vw)), vty), typ=vty, align=size)
+    w_row = builder.mul(k, _i64(NV * vw))
+    w = [builder.load(_at(builder, w_i, builder.add(w_row, _i64(j * vw)), vty, size), typ=vty,
+                      align=size)
          for j in range(NV)]
     k_a = builder.mul(k, cs_a)
     new = []
     for r in range(rows):
-        s = builder.load(at(a_i, builder.add(row_a[r], k_a), fty), typ=fty, align=size)
+        s = builder.load(_at(builder, a_i, builder.add(row_a[r], k_a), fty, size), typ=fty,
+                         align=size)
         v = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
                                    undef, splat)
         new.append([builder.call(fma, [v, w[j], acc[r][j]]) for j in range(NV)])
-    k_next = builder.add(k, const(1))
+    k_next = builder.add(k, _i64(1))
     k.add_incoming(k_next, loop)
     for r in range(rows):
         for j in range(NV):
@@ -203,13 +203,12 @@ def _asm_loop(builder, rows, double, init, a_i, rs_a, cs_a, w_i, k_v):
     broadcast (early-clobber scratch); A's rows r = 0, 1, 2 at ``a + r*rs`` and
     r = 3, 4, 5 at ``b + (r-3)*rs`` with ``b = a + 3*rs``; both advance by A's column
     stride, the panel by one row (NV vectors), ``k`` counts down to zero.  K >= 1."""
-    _fty, vty = _vector_type(double)
-    size = 8 if double else 4
+    _fty, vty, size = _vector_type(double)
     sfx = "d" if double else "s"
     n_acc = rows * NV
-    rs_b = builder.mul(rs_a, ir.Constant(_I64, size))            # bytes between rows
-    cs_b = builder.mul(cs_a, ir.Constant(_I64, size))            # bytes between columns
-    b_i = builder.add(a_i, builder.mul(rs_b, ir.Constant(_I64, 3)))
+    rs_b = builder.mul(rs_a, _i64(size))            # bytes between rows
+    cs_b = builder.mul(cs_a, _i64(size))            # bytes between columns
+    b_i = builder.add(a_i, builder.mul(rs_b, _i64(3)))
     # operands: outputs 0..n_acc-1 accumulators, then a, b, w, k, then scratch W0 W1 T;
     # inputs: the tied accumulators and a, b, w, k, then the two strides
     ia, ib, iw, ik = n_acc, n_acc + 1, n_acc + 2, n_acc + 3
@@ -262,24 +261,18 @@ def _micro(rows: int, asm: bool | None = None):
 
         def codegen(context, builder, signature, args):
             _, a_i, rs_a_v, cs_a_v, w_i, b_i, c_i, ldc_v, k_v = args
-            _fty, vty = _vector_type(double)
-            size = 8 if double else 4
+            _fty, vty, size = _vector_type(double)
             vw = vty.count
-
-            def const(n):
-                return ir.Constant(_I64, n)
-
-            def at(base, index, ty):
-                return _at(builder, base, index, ty, size)
 
             entry = builder.basic_block
             load_bias = builder.append_basic_block("packed.bias")
             start = builder.append_basic_block("packed.start")
             zero = ir.Constant(vty, [0.0] * vw)
-            builder.cbranch(builder.icmp_unsigned("!=", b_i, const(0)), load_bias, start)
+            builder.cbranch(builder.icmp_unsigned("!=", b_i, _i64(0)), load_bias, start)
 
             builder.position_at_end(load_bias)          # accumulators start at the bias
-            bias = [builder.load(at(b_i, const(j * vw), vty), typ=vty, align=size)
+            bias = [builder.load(_at(builder, b_i, _i64(j * vw), vty, size), typ=vty,
+                                 align=size)
                     for j in range(NV)]
             builder.branch(start)
 
@@ -296,9 +289,10 @@ def _micro(rows: int, asm: bool | None = None):
                 new = _ir_loop(builder, rows, double, init, a_i, rs_a_v, cs_a_v, w_i, k_v)
 
             for r in range(rows):
-                c_row = builder.mul(const(r), ldc_v)
+                c_row = builder.mul(_i64(r), ldc_v)
                 for j in range(NV):
-                    builder.store(new[r][j], at(c_i, builder.add(c_row, const(j * vw)), vty),
+                    builder.store(new[r][j],
+                                  _at(builder, c_i, builder.add(c_row, _i64(j * vw)), vty, size),
                                   align=size)
             return context.get_dummy_value()
 
