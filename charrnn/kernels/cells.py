@@ -289,7 +289,7 @@ def scatter_threads(C: int, threads: int) -> int:
     return max(1, min(threads, C // SCATTER_COLUMNS))
 
 
-@jit
+@pjit
 def _softmax_xent(logits, targets, scale, want_grad, dlogits, nll):
     """nll[n] = logsumexp(logits[n]) - logits[n, targets[n]] (float64);
     if want_grad: dlogits[n] = scale * (softmax(logits[n]) - onehot(targets[n])).
