@@ -61,6 +61,25 @@ def test_packed_layout_and_padding():
     np.testing.assert_array_equal(P.packed(full)[1], full[:, nr:])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_pack_path_gives_the_same_panels(dtype, monkeypatch):
+    """Row-major (numba, panels shared between threads), transposed (numpy's copy),
+    padded and strided (the general loop): all the same layout, for any thread count."""
+    monkeypatch.setattr(P, "PACK_SPLIT", 1)             # small matrices split too
+    nr = P.panel_width(dtype)
+    rng = np.random.default_rng(0)
+    for K, N in [(7, 3 * nr), (5, nr), (6, 2 * nr + 3)]:
+        w = rng.standard_normal((K, N)).astype(dtype)
+        want = np.zeros(P.packed_shape(K, N, dtype), dtype)
+        for p in range(want.shape[0]):
+            cols = w[:, p * nr:(p + 1) * nr]
+            want[p, :, :cols.shape[1]] = cols
+        for src in (w, np.asfortranarray(w), w[::-1][::-1]):
+            for th in (1, 2, 3, 5):
+                np.testing.assert_array_equal(P.packed(src, threads=th), want)
+        np.testing.assert_array_equal(P.packed(np.repeat(w, 2, axis=0)[::2]), want)
+
+
 def test_empty_reduction_and_errors():
     a = np.ones((4, 0), np.float32)
     out = np.full((4, 3), np.nan, np.float32)
