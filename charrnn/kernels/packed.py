@@ -308,18 +308,20 @@ _k1, _k2, _k3, _k4, _k5, _k6, _k7, _k8, _k9, _k10, _k11, _k12 = (
 
 @jit
 def _tile(rows, c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K):
-    """The micro-kernel for a tile of ``rows`` (1..MR) rows."""
-    if rows == 12:
+    """The micro-kernel for a tile of ``rows`` (1..MR) rows.  ``MR`` is a compile-time
+    constant, so with MR = 6 the branches of 7..12 rows, never taken, are not compiled
+    into _tile or into the kernels that inline a copy of it."""
+    if MR >= 12 and rows == 12:
         _k12(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
-    elif rows == 11:
+    elif MR >= 11 and rows == 11:
         _k11(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
-    elif rows == 10:
+    elif MR >= 10 and rows == 10:
         _k10(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
-    elif rows == 9:
+    elif MR >= 9 and rows == 9:
         _k9(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
-    elif rows == 8:
+    elif MR >= 8 and rows == 8:
         _k8(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
-    elif rows == 7:
+    elif MR >= 7 and rows == 7:
         _k7(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
     elif rows == 6:
         _k6(c, a_addr, rs, cs, w_addr, b_addr, c_addr, ldc, K)
