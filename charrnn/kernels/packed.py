@@ -470,14 +470,14 @@ def packed(w: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np
     elif out.shape != shape or out.dtype != w.dtype:
         raise ValueError(f"packed: out must be {w.dtype} {shape}, got {out.dtype} {out.shape}")
     P, K, nr = shape
-    if w.shape[1] == P * nr and w.strides[1] == w.itemsize and w.strides[0] > 0:
-        # no padding, contiguous rows: every panel row is one run of NR elements
-        _pack_rows(max(1, min(int(threads), P, w.size // PACK_SPLIT)), w, out)
-        return out
-    if w.shape[1] == P * nr:
-        # no padding, a transposed view (W^T of a row-major W): one strided copy of a
-        # (K, P, NR) view (numpy's copy loops measured 2-4x faster than _pack on
-        # 256 x 1024; numba's threads no faster than numpy's copy on this layout)
+    if w.shape[1] == P * nr:                          # no padding
+        if w.strides[1] == w.itemsize and w.strides[0] > 0:
+            # contiguous rows: every panel row is one run of NR elements
+            _pack_rows(max(1, min(int(threads), P, w.size // PACK_SPLIT)), w, out)
+            return out
+        # a transposed view (W^T of a row-major W): one strided copy of a (K, P, NR)
+        # view (numpy's copy loops measured 2-4x faster than _pack on 256 x 1024;
+        # numba's threads no faster than numpy's copy on this layout)
         view = w.view()
         try:
             view.shape = (K, P, nr)                  # never copies (raises instead)
