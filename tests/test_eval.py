@@ -134,6 +134,31 @@ def test_lines_equal_scoring_each_line_alone(tmp_path, monkeypatch):
                 assert bpc == "nan"
 
 
+def test_lines_batch_is_read_in_windows(tmp_path):
+    """A batch of lines goes through the model in windows of at most WINDOW steps (the
+    buffers of one forward over the longest line grew to gigabytes), with the same
+    scores as each line alone."""
+    m = _model()
+    lines = ["the quick brown fox. " * 30, "hello", "x" * 300 + " end"]   # 630, 5, 304
+    f = tmp_path / "l.txt"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    alone = [E.evaluate_text(m, line) for line in lines]
+    shapes = []
+    full = m.log_probs
+
+    def spy(x, y, state=None):
+        shapes.append(np.shape(x))
+        return full(x, y, state)
+    m.log_probs = spy
+    out = io.StringIO()
+    E.evaluate_lines(m, [str(f)], out, as_json=True)
+    assert E.WINDOW == 256 and shapes == [(3, 256), (3, 256), (3, 128)]   # 630 -> 640
+    recs = [json.loads(r) for r in out.getvalue().splitlines()]
+    for rec, want, ref in zip(recs, lines, alone):
+        assert rec["line"] == want and rec["chars"] == ref.chars == len(want)
+        assert rec["bpc"] == pytest.approx(ref.bpc, abs=2e-6)
+
+
 def test_lines_carry_equals_the_whole_text(tmp_path):
     m = _model()
     f = tmp_path / "l.txt"
