@@ -159,6 +159,85 @@ def test_lines_batch_is_read_in_windows(tmp_path):
         assert rec["bpc"] == pytest.approx(ref.bpc, abs=2e-6)
 
 
+# ---------------------------------------------------------------------- --streams
+
+STREAM_TEXT = (TEXT * 5).replace("\n\n", "\n")          # 300-odd characters
+
+
+def _pieces(m, ids, streams, piece, warmup, feed=None):
+    from charrnn.sampling import default_context
+
+    ps = E.PieceScorer(m, default_context(m), streams, piece=piece, warmup=warmup)
+    step = feed or len(ids)
+    for lo in range(0, len(ids), step):
+        ps.feed(ids[lo:lo + step])
+    return ps.finish()
+
+
+def test_streams_score_each_piece_after_its_warmup():
+    """Every piece is scored once, from a fresh state after the warm-up ids before it
+    (the context symbol and everything before it near the start), whatever the number
+    of streams and however the ids are fed."""
+    m = _model()
+    ids = m.vocab.encode(STREAM_TEXT, what="t").astype(np.int64)
+    n, piece, warmup = len(ids), 40, 10
+    ctx = m.vocab.stoi["\n"]
+    want = 0.0
+    for s in range(0, n, piece):
+        p = min(piece, n - s)
+        w0 = s - warmup - 1
+        seq = np.concatenate([[ctx], ids[:s + p]]) if w0 <= 0 else ids[w0:s + p]
+        lp, _ = m.log_probs(seq[None, :-1], seq[None, 1:])
+        want -= lp[0, -p:].sum()
+    for streams, feed in ((1, None), (3, None), (3, 7), (20, 1)):
+        sc = _pieces(m, ids, streams, piece, warmup, feed)
+        assert sc.chars == n
+        assert sc.nll == pytest.approx(want, rel=1e-12)
+
+
+def test_streams_with_a_long_warmup_are_the_one_pass():
+    m = _model()
+    one = E.evaluate_text(m, STREAM_TEXT)
+    ids = m.vocab.encode(STREAM_TEXT, what="t").astype(np.int64)
+    sc = _pieces(m, ids, 4, 30, warmup=len(ids))
+    assert sc.chars == one.chars and sc.nll == pytest.approx(one.nll, rel=1e-12)
+    near = _pieces(m, ids, 4, 30, warmup=20)                  # differs, but not by much
+    assert near.nll != one.nll and near.loss == pytest.approx(one.loss, rel=0.05)
+
+
+def test_streams_run_the_pieces_side_by_side():
+    m = _model()
+    rows = []
+    full = m.log_probs
+
+    def spy(x, y, state=None):
+        rows.append(np.shape(x)[0])
+        return full(x, y, state)
+    m.log_probs = spy
+    sc = E.PieceScorer(m, 0, 4, piece=50, warmup=10)
+    sc.feed(np.arange(330) % len(m.vocab))                   # 200 + 130 ids
+    assert rows == [4] and sc.score.chars == 200             # one full batch so far
+    sc.finish()
+    assert rows == [4, 3] and sc.score.chars == 330          # 50, 50, 30
+
+
+def test_streams_cli(ckpt, tmp_path, invoke):
+    f = tmp_path / "t.txt"
+    f.write_text(STREAM_TEXT * 40, encoding="utf-8")
+    code, out, _ = invoke(["eval", str(ckpt), str(f), "--json", "--streams", "8"])
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["streams"] == 8 and rec["chars"] == len(STREAM_TEXT) * 40
+    code, out1, _ = invoke(["eval", str(ckpt), str(f), "--json"])
+    assert "streams" not in json.loads(out1)
+    assert rec["loss"] == pytest.approx(json.loads(out1)["loss"], rel=0.01)
+    for argv in (["--lines", str(f)], [], ["--data", str(tmp_path)]):
+        code, _, err = invoke(["eval", str(ckpt), *argv, "--streams", "2"])
+        assert code == 2, argv
+        assert ("--streams scores text INPUT as one text (not --lines or --data)"
+                in err), err
+
+
 def test_lines_carry_equals_the_whole_text(tmp_path):
     m = _model()
     f = tmp_path / "l.txt"

@@ -34,9 +34,14 @@ def _default_data_dir(ck) -> Path | None:
               help="Score every line on its own: prints bpc<TAB>chars<TAB>line per line.")
 @click.option("--carry", is_flag=True,
               help="With --lines: carry the state from line to line instead of resetting.")
+@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N",
+              help="Score text INPUT N pieces at a time: faster, approximate (a piece of "
+                   "8192 characters starts from a fresh state after reading the 256 "
+                   "before it). 1: one exact pass.")
 @json_option
 @threads_option
-def command(ckpt, latest, inputs, data_dir, split, lines, carry, as_json, threads):
+def command(ckpt, latest, inputs, data_dir, split, lines, carry, streams, as_json, threads):
     """Score text with the model in CKPT: loss (nats/char), bpc and perplexity.
 
     \b
@@ -47,6 +52,8 @@ def command(ckpt, latest, inputs, data_dir, split, lines, carry, as_json, thread
     (and `unknown N` for characters outside the vocabulary), or JSON with --json.
     --lines streams one `bpc<TAB>chars<TAB>line` per input line, e.g.
       charrnn eval run/ --lines < logs.txt | sort -rn | head
+    --streams 16 scores a long text about 5x faster on 2 cores, and almost
+    exactly (see the README).
     """
     from ..errors import InputError
 
@@ -56,6 +63,9 @@ def command(ckpt, latest, inputs, data_dir, split, lines, carry, as_json, thread
         raise click.UsageError("give INPUT files or --data, not both")
     if lines and data_dir is not None:
         raise click.UsageError("--lines scores text INPUT, not --data")
+    if streams > 1 and (lines or not inputs):
+        raise click.UsageError("--streams scores text INPUT as one text (not --lines or "
+                               "--data)")
     use_threads(threads)
     from .. import console
     from ..checkpoint import model_from_checkpoint, read_checkpoint
@@ -70,8 +80,10 @@ def command(ckpt, latest, inputs, data_dir, split, lines, carry, as_json, thread
         console.log(f"total: {total.line()}")
         return
     if inputs:
-        score = E.evaluate_files(model, list(inputs), warn=console.warn)
+        score = E.evaluate_files(model, list(inputs), warn=console.warn, streams=streams)
         what = {"inputs": list(inputs)}
+        if streams > 1:
+            what["streams"] = streams
     else:
         if data_dir is None:
             data_dir = _default_data_dir(ck)
