@@ -234,8 +234,8 @@ def test_streams_cli(ckpt, tmp_path, invoke):
     for argv in (["--lines", str(f)], [], ["--data", str(tmp_path)]):
         code, _, err = invoke(["eval", str(ckpt), *argv, "--streams", "2"])
         assert code == 2, argv
-        assert ("--streams scores text INPUT as one text (not --lines or --data)"
-                in err), err
+        assert ("Error: --streams scores text INPUT (files or -), not --lines or a data "
+                "split" in err), err
 
 
 def test_lines_carry_equals_the_whole_text(tmp_path):

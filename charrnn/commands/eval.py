@@ -64,8 +64,8 @@ def command(ckpt, latest, inputs, data_dir, split, lines, carry, streams, as_jso
     if lines and data_dir is not None:
         raise click.UsageError("--lines scores text INPUT, not --data")
     if streams > 1 and (lines or not inputs):
-        raise click.UsageError("--streams scores text INPUT as one text (not --lines or "
-                               "--data)")
+        raise click.UsageError("--streams scores text INPUT (files or -), not --lines or a "
+                               "data split")
     use_threads(threads)
     from .. import console
     from ..checkpoint import model_from_checkpoint, read_checkpoint
