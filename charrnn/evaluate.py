@@ -175,6 +175,10 @@ class StreamScorer:
         self.score.chars += k
         return total
 
+    def finish(self) -> Score:
+        """The total (every id was scored as it was fed)."""
+        return self.score
+
 
 def score_ids(model, ids, context: int | None = None, window: int = WINDOW) -> Score:
     """Score a whole id sequence (n,) as one stream after ``context``."""
@@ -225,10 +229,10 @@ class PieceScorer:
     piece starts from a fresh state and first reads the ``warmup`` + 1 ids before it,
     predicting ``warmup`` of them unscored; a piece that starts within that distance of
     the beginning reads everything before it after the context symbol, exactly as
-    :class:`StreamScorer` does.  Every id is scored
-    once.  Only the state a piece builds in its warm-up differs from the one pass; the
-    pieces' scores do not depend on N or on how the ids are fed.  Memory: N pieces and
-    one warm-up of ids, plus what one ``feed`` brings."""
+    :class:`StreamScorer` does.  Every id is scored once.  Only the state a piece
+    builds in its warm-up differs from the one pass; the pieces' scores do not depend
+    on N or on how the ids are fed.  Memory: N pieces and one warm-up of ids, plus
+    what one ``feed`` brings.  :meth:`finish` scores what is left."""
 
     def __init__(self, model, context: int, streams: int, piece: int = PIECE,
                  warmup: int = WARMUP, window: int = WINDOW):
@@ -339,10 +343,6 @@ def _scorer(model, window: int, streams: int):
     return StreamScorer(model, default_context(model), window)
 
 
-def _finish(sc) -> Score:
-    return sc.finish() if isinstance(sc, PieceScorer) else sc.score
-
-
 def evaluate_files(model, names, warn=None, window: int = WINDOW, streams: int = 1) -> Score:
     """Score the concatenation of the input files ('-' = stdin) as one text: in one
     stream, or with ``streams`` > 1 in pieces side by side (:class:`PieceScorer`)."""
@@ -350,7 +350,7 @@ def evaluate_files(model, names, warn=None, window: int = WINDOW, streams: int =
     enc = Encoder(model.vocab)
     for text in iter_text(names):
         sc.feed(enc.encode(text, sc.score))
-    score = _finish(sc)
+    score = sc.finish()
     _warn_unknown(score, model.vocab, warn)
     return score
 
@@ -359,7 +359,7 @@ def evaluate_text(model, text: str, window: int = WINDOW, streams: int = 1) -> S
     """Score one in-memory text (same conventions as the files)."""
     sc = _scorer(model, window, streams)
     sc.feed(Encoder(model.vocab).encode(text, sc.score))
-    return _finish(sc)
+    return sc.finish()
 
 
 def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,

@@ -222,6 +222,9 @@ def test_streams_run_the_pieces_side_by_side():
 
 
 def test_streams_cli(ckpt, tmp_path, invoke):
+    code, out, _ = invoke(["eval", "--help"])           # its numbers are the module's
+    assert code == 0 and f"piece of {E.PIECE} characters" in " ".join(out.split())
+    assert f"reading the {E.WARMUP} before it" in " ".join(out.split())
     f = tmp_path / "t.txt"
     f.write_text(STREAM_TEXT * 40, encoding="utf-8")
     code, out, _ = invoke(["eval", str(ckpt), str(f), "--json", "--streams", "8"])
