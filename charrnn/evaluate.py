@@ -45,6 +45,7 @@ from .errors import DataError, InputError
 WINDOW = 256            # T of one forward call on a single stream
 READ_BYTES = 1 << 20    # bytes read at a time
 LINE_BATCH = 64         # lines scored together in --lines mode
+CALL_STEPS = LINE_BATCH * WINDOW  # rows x steps of one batched forward call, at most
 LONG_LINE = 8192        # lines longer than this are scored alone, in pieces
 PENDING_CHARS = 1 << 17  # complete lines held (then sorted by length, batched, written)
 SPOOL_CHARS = 1 << 22   # a line's text beyond this many characters goes to a temp file
@@ -195,10 +196,12 @@ def score_rows(model, rows, scored, window: int = WINDOW) -> np.ndarray:
     last ``scored[b]`` predictions are summed.  Returns the (B,) nll sums (nats).
 
     Rows are left-aligned and padded at the end, and read in windows of at most
-    ``window`` steps with the state carried, so the model's buffers grow with
-    B * window, not with the longest row (one forward over a batch of 8000-character
-    lines took 2.5 GB with an LSTM 2x256)."""
+    ``window`` steps with the state carried, and fewer (down to 32) when B * window
+    would pass :data:`CALL_STEPS`: the model's buffers grow with B * window, not with
+    the longest row (one forward over a batch of 8000-character lines took 2.5 GB with
+    an LSTM 2x256)."""
     B = len(rows)
+    window = min(window, max(32, CALL_STEPS // B // 32 * 32))
     T = max(len(r) - 1 for r in rows)
     nll = np.zeros(B)                                                    # (B,)
     if T <= 0:

@@ -221,6 +221,28 @@ def test_streams_run_the_pieces_side_by_side():
     assert rows == [4, 3] and sc.score.chars == 330          # 50, 50, 30
 
 
+def test_many_rows_are_read_in_shorter_windows():
+    """B * window stays within CALL_STEPS (the model's buffers grow with it), the
+    window a multiple of 32 and at least 32; the scores do not change."""
+    m = _model()
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, len(m.vocab), 100) for _ in range(200)]
+    alone = E.score_rows(m, rows[:1], [99])
+    shapes = []
+    full = m.log_probs
+
+    def spy(x, y, state=None):
+        shapes.append(np.shape(x))
+        return full(x, y, state)
+    m.log_probs = spy
+    nll = E.score_rows(m, rows, [99] * 200)
+    assert E.CALL_STEPS == 64 * 256 and shapes == [(200, 64), (200, 64)]
+    assert nll[0] == pytest.approx(alone[0], rel=1e-12)
+    shapes.clear()
+    E.score_rows(m, rows * 6, [99] * 1200)
+    assert shapes == [(1200, 32)] * 4
+
+
 def test_streams_cli(ckpt, tmp_path, invoke):
     code, out, _ = invoke(["eval", "--help"])           # its numbers are the module's
     assert code == 0 and f"piece of {E.PIECE} characters" in " ".join(out.split())
@@ -234,6 +256,8 @@ def test_streams_cli(ckpt, tmp_path, invoke):
     code, out1, _ = invoke(["eval", str(ckpt), str(f), "--json"])
     assert "streams" not in json.loads(out1)
     assert rec["loss"] == pytest.approx(json.loads(out1)["loss"], rel=0.01)
+    code, _, err = invoke(["eval", str(ckpt), str(f), "--streams", "1025"])
+    assert code == 2 and "1025 is not in the range 1<=x<=1024" in err
     for argv in (["--lines", str(f)], [], ["--data", str(tmp_path)]):
         code, _, err = invoke(["eval", str(ckpt), *argv, "--streams", "2"])
         assert code == 2, argv

@@ -34,7 +34,7 @@ def _default_data_dir(ck) -> Path | None:
               help="Score every line on its own: prints bpc<TAB>chars<TAB>line per line.")
 @click.option("--carry", is_flag=True,
               help="With --lines: carry the state from line to line instead of resetting.")
-@click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--streams", type=click.IntRange(1, 1024), default=1, show_default=True,
               metavar="N",
               help="Score text INPUT N pieces at a time: faster, approximate (a piece of "
                    "8192 characters starts from a fresh state after reading the 256 "
