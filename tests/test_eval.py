@@ -134,6 +134,19 @@ def test_lines_equal_scoring_each_line_alone(tmp_path, monkeypatch):
                 assert bpc == "nan"
 
 
+def _record_shapes(m) -> list:
+    """Wraps m.log_probs so that each call's input shape (B, T) is appended to the
+    returned list."""
+    shapes = []
+    full = m.log_probs
+
+    def spy(x, y, state=None):
+        shapes.append(np.shape(x))
+        return full(x, y, state)
+    m.log_probs = spy
+    return shapes
+
+
 def test_lines_batch_is_read_in_windows(tmp_path):
     """A batch of lines goes through the model in windows of at most WINDOW steps (the
     buffers of one forward over the longest line grew to gigabytes), with the same
@@ -143,13 +156,7 @@ def test_lines_batch_is_read_in_windows(tmp_path):
     f = tmp_path / "l.txt"
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
     alone = [E.evaluate_text(m, line) for line in lines]
-    shapes = []
-    full = m.log_probs
-
-    def spy(x, y, state=None):
-        shapes.append(np.shape(x))
-        return full(x, y, state)
-    m.log_probs = spy
+    shapes = _record_shapes(m)
     out = io.StringIO()
     E.evaluate_lines(m, [str(f)], out, as_json=True)
     assert E.WINDOW == 256 and shapes == [(3, 256), (3, 256), (3, 128)]   # 630 -> 640
@@ -207,18 +214,12 @@ def test_streams_with_a_long_warmup_are_the_one_pass():
 
 def test_streams_run_the_pieces_side_by_side():
     m = _model()
-    rows = []
-    full = m.log_probs
-
-    def spy(x, y, state=None):
-        rows.append(np.shape(x)[0])
-        return full(x, y, state)
-    m.log_probs = spy
+    shapes = _record_shapes(m)
     sc = E.PieceScorer(m, 0, 4, piece=50, warmup=10)
     sc.feed(np.arange(330) % len(m.vocab))                   # 200 + 130 ids
-    assert rows == [4] and sc.score.chars == 200             # one full batch so far
+    assert [b for b, _ in shapes] == [4] and sc.score.chars == 200             # one full batch so far
     sc.finish()
-    assert rows == [4, 3] and sc.score.chars == 330          # 50, 50, 30
+    assert [b for b, _ in shapes] == [4, 3] and sc.score.chars == 330          # 50, 50, 30
 
 
 def test_many_rows_are_read_in_shorter_windows():
@@ -228,13 +229,7 @@ def test_many_rows_are_read_in_shorter_windows():
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, len(m.vocab), 100) for _ in range(200)]
     alone = E.score_rows(m, rows[:1], [99])
-    shapes = []
-    full = m.log_probs
-
-    def spy(x, y, state=None):
-        shapes.append(np.shape(x))
-        return full(x, y, state)
-    m.log_probs = spy
+    shapes = _record_shapes(m)
     nll = E.score_rows(m, rows, [99] * 200)
     assert E.CALL_STEPS == 64 * 256 and shapes == [(200, 64), (200, 64)]
     assert nll[0] == pytest.approx(alone[0], rel=1e-12)
