@@ -13,11 +13,13 @@ import os as _os
 # faster end to end (LSTM 2x256, 2 cores).  Only effective if numpy is not loaded yet, and
 # a value the user set wins.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-# numba's OpenMP workers likewise spin after every parallel region unless told to sleep.
-# The time loops run one parallel region per layer and chunk (charrnn.kernels.steps),
-# so waking costs little, while spinning workers slow the BLAS products that follow:
-# "passive" measured 37 against 48 ms per training step (LSTM 2x256, B=T=50, 2 cores).
-_os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# numba's OpenMP workers spin a while after each parallel region before they sleep, so the
+# next region (a training step runs dozens, charrnn.kernels.steps) finds them awake: on a
+# virtual machine whose idle cores halt, waking a sleeping worker took 100-200 us.  All of
+# charrnn's parallel work runs in those workers (charrnn.kernels.blas), so a spinning
+# worker holds up no other thread of ours.  A value the user set wins.
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "300000")
 
 __version__ = "0.1.0"
 

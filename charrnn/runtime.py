@@ -157,13 +157,19 @@ def matmul(a, b, out):
     is fixed for a thread count, so a run is deterministic; another thread count may
     change the last bits (BLAS may block a smaller product differently), as BLAS's own
     threads did before.  Measured: LSTM 2x256 training step 37.7 -> 34.9 ms, and no
-    longer 57 ms when numpy was imported before charrnn."""
+    longer 57 ms when numpy was imported before charrnn.  The row ranges' calls run in
+    numba's threads (:func:`charrnn.kernels.blas.gemm_rows`, the same calls, the same
+    bits) where numpy's BLAS can be called from there, else in a Python thread pool."""
     import numpy as np
 
     M = out.shape[0]
     parts = max(1, min(threads(), M // MATMUL_ROWS))
     if parts == 1:
         return np.matmul(a, b, out=out)
+    from .kernels import blas
+
+    if blas.gemm_rows(a, b, out, parts):        # the same calls, in numba's threads
+        return out
     cut = [M * i // parts for i in range(parts + 1)]
     pool = _executor(parts - 1)
     futures = [pool.submit(np.matmul, a[cut[i]:cut[i + 1]], b, out=out[cut[i]:cut[i + 1]])
