@@ -130,3 +130,32 @@ def test_openmp_workers_spin_unless_the_user_says():
     assert _env_after_import() == ["300000", "None"]
     assert _env_after_import(GOMP_SPINCOUNT="1000") == ["1000", "None"]
     assert _env_after_import(OMP_WAIT_POLICY="passive") == ["None", "passive"]
+
+
+_CACHE_CHILD = """
+import sys
+import numpy as np
+from charrnn import runtime
+runtime.configure_threads(int(sys.argv[1]))
+from charrnn.kernels import blas
+rng = np.random.default_rng(0)
+a = rng.standard_normal((300, 200)).astype(np.float32).T        # (200, 300), transposed
+b = rng.standard_normal((300, 16)).astype(np.float32)
+out = np.empty((200, 16), np.float32)
+assert blas.gemm_rows(a, b, out, 2)
+ref = np.empty_like(out)
+ref[:100], ref[100:] = a[:100] @ b, a[100:] @ b
+assert np.array_equal(out, ref)
+print("ok")
+"""
+
+
+@needs_blas
+def test_thread_count_change_on_one_numba_cache(tmp_path):
+    """The parallel kernel cached by a 1-thread process runs in a 2-thread one, and back."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    for n in ("1", "2", "1"):
+        r = subprocess.run([sys.executable, "-c", _CACHE_CHILD, n], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    assert any((tmp_path / "numba-cache").rglob("*.nbi"))
