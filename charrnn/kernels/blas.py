@@ -31,7 +31,7 @@ import sys
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
+from ._jit import jit, pjit
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
@@ -44,27 +44,30 @@ _NAMES = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_"),
 _state: dict = {}
 
 
-# out[r0:r1] = op(A)[r0:r1] @ B for the rows of each thread; pointers and leading
-# dimensions in elements of ``isz`` bytes.  Two copies, one per function type: numba's
-# dispatcher must never reuse one's machine code for the other's pointer.
+@jit
+def _gemm_range(fn, isz, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
+    """out[r0:r1] = op(A)[r0:r1] @ B, the i-th of ``parts`` row ranges; pointers in
+    bytes, leading dimensions in elements of ``isz`` bytes."""
+    r0 = M * i // parts
+    r1 = M * (i + 1) // parts
+    pa = a + isz * r0 if trans else a + isz * r0 * lda
+    fn(_ROW_MAJOR, _TRANS if trans else _NO_TRANS, _NO_TRANS, r1 - r0, N, K, 1.0, pa, lda,
+       b, ldb, 0.0, c + isz * r0 * ldc, ldc)
+
+
+# One parallel kernel per function type: numba's dispatcher, called from Python, may
+# reuse the machine code compiled for one ExternalFunctionPointer type for another's
+# pointer (float32 code handed dgemm); calls between jitted functions type exactly.
 @pjit
 def _sgemm_rows(fn, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
     for i in prange(parts):
-        r0 = M * i // parts
-        r1 = M * (i + 1) // parts
-        pa = a + 4 * r0 if trans else a + 4 * r0 * lda
-        fn(_ROW_MAJOR, _TRANS if trans else _NO_TRANS, _NO_TRANS, r1 - r0, N, K, 1.0, pa,
-           lda, b, ldb, 0.0, c + 4 * r0 * ldc, ldc)
+        _gemm_range(fn, 4, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K)
 
 
 @pjit
 def _dgemm_rows(fn, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
     for i in prange(parts):
-        r0 = M * i // parts
-        r1 = M * (i + 1) // parts
-        pa = a + 8 * r0 if trans else a + 8 * r0 * lda
-        fn(_ROW_MAJOR, _TRANS if trans else _NO_TRANS, _NO_TRANS, r1 - r0, N, K, 1.0, pa,
-           lda, b, ldb, 0.0, c + 8 * r0 * ldc, ldc)
+        _gemm_range(fn, 8, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K)
 
 
 def _declare(fn, real):
