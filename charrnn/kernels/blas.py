@@ -85,9 +85,10 @@ def _numpy_blas_library() -> str | None:
 
     np.matmul(np.ones((2, 2)), np.ones((2, 2)))       # numpy's BLAS is loaded by now
     libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    home = Path(np.__file__).resolve().parent.parent
-    ours = [i for i in libs if Path(i["filepath"]).resolve().is_relative_to(home)
-            and "numpy" in Path(i["filepath"]).resolve().relative_to(home).parts[0]]
+    home = Path(np.__file__).resolve().parent.parent          # site-packages
+    files = [Path(i["filepath"]).resolve() for i in libs]
+    ours = [i for i, f in zip(libs, files)                       # numpy.libs/, numpy/.dylibs/
+            if f.is_relative_to(home) and "numpy" in f.relative_to(home).parts[0]]
     if len(ours) == 1:
         return ours[0]["filepath"]
     return libs[0]["filepath"] if len(libs) == 1 else None
@@ -119,9 +120,9 @@ def _layout(a, b, out):
         return None
     if not (a.flags.aligned and b.flags.aligned and out.flags.aligned):
         return None
-    sa, sb, so = (tuple(s // isz for s in x.strides) for x in (a, b, out))
     if any(s % isz for x in (a, b, out) for s in x.strides):
         return None
+    sa, sb, so = (tuple(s // isz for s in x.strides) for x in (a, b, out))
     if sb[1] != 1 or so[1] != 1 or sb[0] < max(1, N) or so[0] < max(1, N):
         return None
     if sa[1] == 1 and sa[0] >= max(1, K):
