@@ -5,6 +5,7 @@ A *data directory* written by :func:`prepare`::
 
     DATA_DIR/
       vocab.json   the vocabulary: {"version": 1, "chars": [...], "unk": null | "\\ufffd"}
+                   (and "lowercase": true after --lowercase; see charrnn.vocab)
       train.bin    token ids of the training split, raw little-endian (uint8 when the
       val.bin      vocabulary has <= 256 symbols, else uint16, else uint32); read back
       test.bin     with np.memmap (an empty split is an empty file)
@@ -19,6 +20,13 @@ A *data directory* written by :func:`prepare`::
      "options": {DataConfig as a dict}, "corpus": null | "NAME",
      "inputs": ["/abs/path", "-"], "sources": [{"path", "size", "sha256"}, ...],
      "seconds": 0.41}
+
+Text is read by :func:`decode_stream`, the one rule by which charrnn reads text (eval
+reads its INPUT with it too): decoded with ``--encoding`` / ``--errors``, one byte order
+mark (U+FEFF) at the start of each file or stream dropped, a NUL byte in the first
+:data:`SNIFF_BYTES` refused as binary (for encodings other than UTF-16/32), and line ends
+kept as they are (a CRLF file gives "\\r\\n", two characters).  ``--lowercase`` then
+folds case (:func:`charrnn.vocab.normalize_text`, recorded in the vocabulary).
 
 Text is read in chunks of :data:`CHUNK_BYTES` in two passes (count characters and hash
 the sources, then encode), so memory stays bounded whatever the corpus size.  The
@@ -44,7 +52,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -52,7 +60,7 @@ from . import __version__
 from .config import DataConfig
 from .errors import DataError, InputError, VocabError
 from .fsutil import atomic_write_text, fsync_dir, sha256_file
-from .vocab import Vocab, codepoints, token_dtype
+from .vocab import Vocab, codepoints, normalize_text, token_dtype
 
 DATA_FORMAT = "charrnn-data"
 DATA_VERSION = 1
@@ -62,6 +70,12 @@ DATA_FILES = ("vocab.json", "train.bin", "val.bin", "test.bin", "meta.json")
 # 256 KiB keeps them near 6 MB and in cache: a 300 MB corpus prepares in ~2 s of wall
 # time with a peak RSS of ~48 MB (4 MiB chunks: ~4 s and ~160 MB).
 CHUNK_BYTES = 256 << 10
+# A NUL byte this close to the start of a file means it is not text (a single-byte or
+# UTF-8 text never holds one; a binary file nearly always has one in its header).
+SNIFF_BYTES = 256 << 10
+BOM = "\ufeff"
+# Codecs that take a leading byte order mark off themselves.
+_BOM_CODECS = frozenset({"utf-8-sig", "utf-16", "utf-32"})
 _NCODEPOINTS = 0x110000
 
 # ============================================================================ sources
@@ -228,65 +242,95 @@ def fingerprint_sources(inputs, corpus: str | None = None,
 # ============================================================================ reading text
 
 
-def _is_wide_encoding(encoding: str) -> bool:
-    name = codecs.lookup(encoding).name
-    return name.startswith(("utf-16", "utf-32"))
+def codec_name(encoding: str) -> str:
+    """The canonical name of a text encoding; InputError when Python does not know it
+    or it is not a text encoding (rot13, base64, ...)."""
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise InputError(f"unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise InputError(f"{encoding!r} is not a text encoding")
+    return info.name
 
 
-class _TextReader:
-    """Reads one source in chunks: yields (raw bytes, decoded text) and checks the
-    things prepare refuses (NUL bytes at the start, undecodable bytes when strict)."""
+def decode_stream(chunks: Iterable[bytes], name: str, encoding: str = "utf-8",
+                  errors: str = "strict") -> Iterator[tuple[bytes, str]]:
+    """Decode one file or stream given as successive byte chunks: yields ``(raw, text)``
+    for every chunk (``text`` may be empty while a character is incomplete), and
+    ``(b"", tail)`` at the end if the decoder held something back.
 
-    def __init__(self, src: _Source, cfg: DataConfig):
-        self.src = src
-        self.cfg = cfg
-        self.check_nul = not _is_wide_encoding(cfg.encoding)
+    This is the one rule by which prepare and eval read text, whatever the chunking:
 
-    def chunks(self) -> Iterator[tuple[bytes, str]]:
-        src, cfg = self.src, self.cfg
-        decoder = codecs.getincrementaldecoder(cfg.encoding)(errors=cfg.errors)
-        offset = 0
-        try:
-            f = open(src.path, "rb")
-        except OSError as e:
-            raise InputError(f"{src.name}: {_os_message(e)}") from None
-        with f:
-            first = True
-            while True:
-                try:
-                    raw = f.read(CHUNK_BYTES)
-                except OSError as e:
-                    raise InputError(f"{src.name}: {_os_message(e)}") from None
-                if not raw:
-                    break
-                if first and self.check_nul:
-                    nul = raw.find(b"\0")
-                    if nul >= 0:
-                        raise InputError(f"{src.name}: looks like a binary file "
-                                         f"(NUL byte at offset {nul})")
-                first = False
-                text = self._decode(decoder, raw, offset, final=False)
-                offset += len(raw)
-                yield raw, self._fold(text)
-            tail = self._decode(decoder, b"", offset, final=True)
-            if tail:
-                yield b"", self._fold(tail)
+    * ``encoding`` / ``errors`` ("strict": InputError ``NAME: invalid ENCODING at byte
+      N``; "replace": U+FFFD for each undecodable sequence);
+    * one byte order mark (U+FEFF) at the start is not text and is dropped, for every
+      encoding (codecs such as utf-8-sig and utf-16 drop it themselves);
+    * a NUL byte in the first :data:`SNIFF_BYTES` bytes is InputError ``NAME: looks like
+      a binary file (NUL byte at offset N)`` (not checked for UTF-16/32, where NUL
+      bytes are part of ordinary text);
+    * nothing else changes: line ends are kept as they are (CRLF stays "\\r\\n")."""
+    codec = codec_name(encoding)
+    decoder = codecs.getincrementaldecoder(codec)(errors=errors)
+    sniff = 0 if codec.startswith(("utf-16", "utf-32")) else SNIFF_BYTES
+    strip_bom = codec not in _BOM_CODECS
+    offset = 0
+    for raw in chunks:
+        if not raw:
+            continue
+        if offset < sniff:
+            nul = raw.find(b"\0", 0, sniff - offset)
+            if nul >= 0:
+                raise InputError(f"{name}: looks like a binary file "
+                                 f"(NUL byte at offset {offset + nul})")
+        text = _decode(decoder, raw, offset, False, name, encoding)
+        offset += len(raw)
+        if strip_bom and text:
+            strip_bom = False
+            if text[0] == BOM:
+                text = text[1:]
+        yield raw, text
+    tail = _decode(decoder, b"", offset, True, name, encoding)
+    if strip_bom and tail[:1] == BOM:
+        tail = tail[1:]
+    if tail:
+        yield b"", tail
 
-    def _decode(self, decoder, raw: bytes, offset: int, final: bool) -> str:
-        pending = 0
-        with contextlib.suppress(Exception):
-            state = decoder.getstate()
-            if isinstance(state[0], (bytes, bytearray)):
-                pending = len(state[0])
-        try:
-            return decoder.decode(raw, final)
-        except UnicodeDecodeError as e:
-            where = offset - pending + e.start
-            raise InputError(f"{self.src.name}: invalid {self.cfg.encoding} at byte {where}") \
-                from None
 
-    def _fold(self, text: str) -> str:
-        return text.lower() if self.cfg.lowercase else text
+def _decode(decoder, raw: bytes, offset: int, final: bool, name: str, encoding: str) -> str:
+    pending = 0           # bytes of an incomplete character the decoder holds
+    with contextlib.suppress(Exception):
+        state = decoder.getstate()
+        if isinstance(state[0], (bytes, bytearray)):
+            pending = len(state[0])
+    try:
+        return decoder.decode(raw, final)
+    except UnicodeDecodeError as e:
+        where = offset - pending + e.start
+        raise InputError(f"{name}: invalid {encoding} at byte {where}") from None
+
+
+def _source_text(src: _Source, cfg: DataConfig) -> Iterator[tuple[bytes, str]]:
+    """One source read in chunks of :data:`CHUNK_BYTES`: (raw bytes, text as prepare
+    counts it), decoded by :func:`decode_stream` and normalised as ``cfg`` says."""
+    try:
+        f = open(src.path, "rb")
+    except OSError as e:
+        raise InputError(f"{src.name}: {_os_message(e)}") from None
+
+    def blocks() -> Iterator[bytes]:
+        while True:
+            try:
+                raw = f.read(CHUNK_BYTES)
+            except OSError as e:
+                raise InputError(f"{src.name}: {_os_message(e)}") from None
+            if not raw:
+                return
+            yield raw
+
+    with f:
+        for raw, text in decode_stream(blocks(), src.name, cfg.encoding, cfg.errors):
+            yield raw, normalize_text(text, cfg.lowercase)
 
 
 def _spool(src: _Source, directory: Path, index: int) -> None:
@@ -493,10 +537,7 @@ def prepare(inputs, out_dir, cfg: DataConfig | None = None, *, corpus: str | Non
     t0 = time.perf_counter()
     cfg = cfg if cfg is not None else DataConfig()
     cfg.validate()
-    try:
-        codecs.lookup(cfg.encoding)
-    except LookupError:
-        raise InputError(f"unknown encoding {cfg.encoding!r}") from None
+    codec_name(cfg.encoding)
     out = Path(out_dir)
     inputs = [os.fspath(i) for i in ([inputs] if isinstance(inputs, (str, os.PathLike))
                                      else (inputs or []))]
@@ -550,7 +591,7 @@ def prepare(inputs, out_dir, cfg: DataConfig | None = None, *, corpus: str | Non
         for s in sources:
             h = hashlib.sha256()
             size = 0
-            for raw, text in _TextReader(s, cfg).chunks():
+            for raw, text in _source_text(s, cfg):
                 h.update(raw)
                 size += len(raw)
                 if text:
@@ -572,9 +613,12 @@ def prepare(inputs, out_dir, cfg: DataConfig | None = None, *, corpus: str | Non
         seen = _counts_to_chars(counts)
         added: list[str] = []
         if vocab is None:
-            vocab = Vocab.from_counts(seen, min_count=cfg.min_count, max_vocab=cfg.max_vocab)
-        elif vocab.unk is None:
-            missing = vocab.missing(seen)
+            vocab = Vocab.from_counts(seen, min_count=cfg.min_count, max_vocab=cfg.max_vocab,
+                                      lowercase=cfg.lowercase)
+        else:
+            if vocab.lowercase != cfg.lowercase:    # it reads text as this data was made
+                vocab = Vocab(vocab.chars, vocab.unk, lowercase=cfg.lowercase)
+            missing = vocab.missing(seen) if vocab.unk is None else []
             if missing and grow_vocab:
                 added = missing
                 vocab = vocab.extend(missing)
@@ -593,7 +637,7 @@ def prepare(inputs, out_dir, cfg: DataConfig | None = None, *, corpus: str | Non
         bar = _progress(total_bytes, "encoding", show_progress)
         for s, rec in zip(sources, records):
             h = hashlib.sha256()
-            for raw, text in _TextReader(s, cfg).chunks():
+            for raw, text in _source_text(s, cfg):
                 h.update(raw)
                 if text:
                     ids = table[codepoints(text)]          # (n,) int32
@@ -875,5 +919,5 @@ def iter_eval_batches(tokens: np.ndarray, batch_size: int,
 
 
 __all__ = ["prepare", "Dataset", "StreamBatches", "iter_eval_batches", "resolve_inputs",
-           "fingerprint_sources", "DATA_FORMAT", "DATA_VERSION", "SPLITS", "DATA_FILES",
+           "fingerprint_sources", "decode_stream", "codec_name", "SNIFF_BYTES", "BOM", "DATA_FORMAT", "DATA_VERSION", "SPLITS", "DATA_FILES",
            "CHUNK_BYTES"]

@@ -6,6 +6,12 @@ kernel.
 
 Conventions:
 
+* Text INPUT is read by the rule prepare reads text with
+  (:func:`charrnn.data.decode_stream`: ``encoding``/``errors``, a leading byte order
+  mark dropped, NUL bytes near the start refused as binary) and normalised as the
+  model's vocabulary says (:meth:`charrnn.vocab.Vocab.normalize`: lower-cased when the
+  data was prepared with --lowercase) before it is encoded; ``--lines`` prints each line
+  as it was read.
 * A text is read as the continuation of a newline (or, if the vocabulary has none, of
   its first symbol; see :func:`charrnn.sampling.default_context`): that context symbol
   is fed first and EVERY character of the text is scored, so ``chars`` is the number of
@@ -31,7 +37,6 @@ Conventions:
 """
 from __future__ import annotations
 
-import codecs
 import math
 import os
 import sys
@@ -105,7 +110,8 @@ class Score:
 # ---------------------------------------------------------------------- encoding
 
 class Encoder:
-    """Text -> ids with this module's policy for characters outside the vocabulary."""
+    """Text -> ids with this module's policy for characters outside the vocabulary, after
+    the vocabulary's normalisation (:meth:`Vocab.normalize`)."""
 
     def __init__(self, vocab):
         self.vocab = vocab
@@ -120,7 +126,7 @@ class Encoder:
         """Ids (n',) int64; counts unknown characters into ``score``."""
         from .vocab import codepoints
 
-        cps = codepoints(text)                              # (n,)
+        cps = codepoints(self.vocab.normalize(text))        # (n,)
         inside = cps < len(self.table)
         ids = np.full(cps.shape, -1, np.int64)              # (n,)
         ids[inside] = self.table[cps[inside]]
@@ -296,30 +302,25 @@ def _open_input(name: str):
         raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
 
 
-def iter_text(names, read_bytes: int = READ_BYTES, eager: bool = False):
-    """Decoded UTF-8 text of the inputs, piece by piece (strict: a bad byte is an
-    InputError with its offset).  ``eager`` returns whatever a pipe has ready
-    (``read1``) instead of waiting for ``read_bytes``, so a slow writer's lines are
-    answered as they come."""
+def iter_text(names, read_bytes: int = READ_BYTES, eager: bool = False,
+              encoding: str = "utf-8", errors: str = "strict"):
+    """Decoded text of the inputs, piece by piece, each input read by
+    :func:`charrnn.data.decode_stream` (the rule prepare reads text with: a bad byte is
+    an InputError with its offset when ``errors`` is "strict", a leading byte order mark
+    is dropped, a NUL byte near the start is refused as binary).  ``eager`` returns
+    whatever a pipe has ready (``read1``) instead of waiting for ``read_bytes``, so a
+    slow writer's lines are answered as they come."""
+    from .data import codec_name, decode_stream
+
+    codec_name(encoding)                   # an unknown encoding before anything is read
     for name in names:
         f, shown, close = _open_input(name)
         try:
-            dec = codecs.getincrementaldecoder("utf-8")("strict")
-            offset = 0
             reader = getattr(f, "read1", f.read) if eager else f.read
-            while True:
-                raw = reader(read_bytes)
-                final = not raw
-                try:
-                    text = dec.decode(raw, final=final)
-                except UnicodeDecodeError as e:
-                    raise InputError(f"{shown}: not valid UTF-8 (byte offset "
-                                     f"{offset + e.start - len(dec.getstate()[0])})") from None
-                offset += len(raw)
+            blocks = iter(lambda: reader(read_bytes), b"")
+            for _raw, text in decode_stream(blocks, shown, encoding, errors):
                 if text:
                     yield text
-                if final:
-                    break
         finally:
             if close:
                 f.close()
@@ -346,12 +347,13 @@ def _scorer(model, window: int, streams: int):
     return StreamScorer(model, default_context(model), window)
 
 
-def evaluate_files(model, names, warn=None, window: int = WINDOW, streams: int = 1) -> Score:
+def evaluate_files(model, names, warn=None, window: int = WINDOW, streams: int = 1,
+                   encoding: str = "utf-8", errors: str = "strict") -> Score:
     """Score the concatenation of the input files ('-' = stdin) as one text: in one
     stream, or with ``streams`` > 1 in pieces side by side (:class:`PieceScorer`)."""
     sc = _scorer(model, window, streams)
     enc = Encoder(model.vocab)
-    for text in iter_text(names):
+    for text in iter_text(names, encoding=encoding, errors=errors):
         sc.feed(enc.encode(text, sc.score))
     score = sc.finish()
     _warn_unknown(score, model.vocab, warn)
@@ -632,11 +634,12 @@ class LineScorer:
 
 
 def evaluate_lines(model, names, out, carry: bool = False, warn=None,
-                   read_bytes: int = 1 << 16, as_json: bool = False) -> Score:
+                   read_bytes: int = 1 << 16, as_json: bool = False,
+                   encoding: str = "utf-8", errors: str = "strict") -> Score:
     """--lines over the inputs ('-' = stdin), streaming: each read is scored and written
     before the next (a slow pipe gets its lines back as they come)."""
     ls = LineScorer(model, out, carry=carry, as_json=as_json)
-    for text in iter_text(names, read_bytes, eager=True):
+    for text in iter_text(names, read_bytes, eager=True, encoding=encoding, errors=errors):
         ls.feed(text)
         ls.end_of_chunk()
     total = ls.finish()

@@ -375,10 +375,13 @@ class _StopScanner:
 
 
 def encode_prime(vocab, prime: str, warn=None) -> np.ndarray:
-    """Ids of the prime text: VocabError naming unknown characters, or, with an unknown
-    symbol in the vocabulary, those mapped to it and a warning through ``warn``."""
+    """Ids of the prime text, normalised first as the model's data was
+    (:meth:`Vocab.normalize`: lower-cased after ``prepare --lowercase``): VocabError naming
+    unknown characters, or, with an unknown symbol in the vocabulary, those mapped to it
+    and a warning through ``warn``."""
     if not prime:
         return np.zeros(0, np.int64)
+    prime = vocab.normalize(prime)
     n_unknown = vocab.count_unknown(prime) if vocab.unk is not None else 0
     ids = vocab.encode(prime, what="prime text").astype(np.int64)
     if n_unknown and warn is not None:

@@ -7,7 +7,14 @@ code-point order, so the same set of characters always gives the same ids.
 
 On disk (``vocab.json``, and the ``vocab`` metadata of a checkpoint)::
 
-    {"version": 1, "chars": ["\\n", " ", "!", ...], "unk": "\\ufffd" | null}
+    {"version": 1, "chars": ["\\n", " ", "!", ...], "unk": "\\ufffd" | null,
+     "lowercase": true}
+
+A vocabulary also carries how text was normalised before it was counted, so that every
+reader of text (``prepare``, ``eval``, ``sample --prime``) does the same to it
+(:meth:`Vocab.normalize`): ``lowercase`` (``prepare --lowercase``).  The field is written
+only when it is true: a file without it means false, so vocabularies of earlier versions
+load, and one without lowercasing is the same file as before.
 
 Encoding a text of n characters is a table lookup over its code points (no Python loop
 per character).
@@ -40,6 +47,13 @@ def token_dtype(size: int) -> np.dtype:
     return np.dtype(np.uint32)
 
 
+def normalize_text(text: str, lowercase: bool) -> str:
+    """The one normalisation of text before it is counted or encoded (prepare, eval and
+    sample all call this): ``lowercase`` folds case with :meth:`str.lower`.  Nothing else
+    is changed: line ends stay as they are (CRLF is two characters)."""
+    return text.lower() if lowercase else text
+
+
 def _show(chars: Iterable[str], limit: int = 5) -> str:
     chars = list(chars)
     shown = ", ".join(repr(c) for c in chars[:limit])
@@ -49,10 +63,14 @@ def _show(chars: Iterable[str], limit: int = 5) -> str:
 
 
 class Vocab:
-    """Characters in id order and an optional unknown symbol (the last id)."""
+    """Characters in id order and an optional unknown symbol (the last id); ``lowercase``:
+    the text this vocabulary reads is folded to lower case first (:meth:`normalize`)."""
 
-    def __init__(self, chars: Iterable[str], unk: str | None = None):
+    def __init__(self, chars: Iterable[str], unk: str | None = None, lowercase: bool = False):
         chars = list(chars)
+        if not isinstance(lowercase, bool):
+            raise VocabError(f"the vocabulary's 'lowercase' must be true or false "
+                             f"(got {lowercase!r})")
         for c in chars:
             if not isinstance(c, str) or len(c) != 1:
                 raise VocabError(f"vocabulary entries must be single characters (got {c!r})")
@@ -66,6 +84,7 @@ class Vocab:
                 raise VocabError(f"the unknown symbol {unk!r} is also a vocabulary character")
         self.chars: list[str] = chars
         self.unk: str | None = unk
+        self.lowercase: bool = lowercase
         self.itos: list[str] = chars + ([unk] if unk is not None else [])
         self.stoi: dict[str, int] = {c: i for i, c in enumerate(self.itos)}
         self._table: np.ndarray | None = None
@@ -73,10 +92,10 @@ class Vocab:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_counts(cls, counts: Counter, min_count: int = 1, max_vocab: int = 0,
-                    unk: str = UNK_DEFAULT) -> "Vocab":
+                    unk: str = UNK_DEFAULT, lowercase: bool = False) -> "Vocab":
         """Keep characters seen at least ``min_count`` times, at most ``max_vocab`` of the
         most frequent (0 = all); the rest map to ``unk``, which exists only if something
-        was dropped."""
+        was dropped.  ``lowercase``: the counts are of lower-cased text (recorded)."""
         if not counts:
             raise VocabError("cannot build a vocabulary from empty text")
         kept = [c for c, n in counts.items() if n >= min_count]
@@ -91,14 +110,17 @@ class Vocab:
                 kept.remove(unk)   # the symbol is reserved; its own occurrences map to it
             if not kept:
                 raise VocabError("the vocabulary would hold only the unknown symbol")
-        return cls(sorted(kept), unk if dropped else None)
+        return cls(sorted(kept), unk if dropped else None, lowercase=lowercase)
 
     @classmethod
     def from_text(cls, text: str, **kw) -> "Vocab":
         return cls.from_counts(Counter(text), **kw)
 
     def to_dict(self) -> dict:
-        return {"version": VOCAB_VERSION, "chars": list(self.chars), "unk": self.unk}
+        d = {"version": VOCAB_VERSION, "chars": list(self.chars), "unk": self.unk}
+        if self.lowercase:
+            d["lowercase"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d) -> "Vocab":
@@ -113,10 +135,10 @@ class Vocab:
         chars = d.get("chars")
         if not isinstance(chars, list) or not chars:
             raise VocabError("vocabulary has no 'chars' list")
-        unknown = set(d) - {"version", "chars", "unk"}
+        unknown = set(d) - {"version", "chars", "unk", "lowercase"}
         if unknown:
             raise VocabError(f"vocabulary has unknown field(s): {', '.join(sorted(unknown))}")
-        return cls(chars, d.get("unk"))
+        return cls(chars, d.get("unk"), lowercase=d.get("lowercase", False))
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -138,10 +160,18 @@ class Vocab:
         return ch in self.stoi
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Vocab) and self.itos == other.itos and self.unk == other.unk
+        return (isinstance(other, Vocab) and self.itos == other.itos and self.unk == other.unk
+                and self.lowercase == other.lowercase)
 
     def __repr__(self) -> str:
-        return f"Vocab(size={len(self)}, unk={self.unk!r})"
+        low = ", lowercase=True" if self.lowercase else ""
+        return f"Vocab(size={len(self)}, unk={self.unk!r}{low})"
+
+    def normalize(self, text: str) -> str:
+        """``text`` as prepare normalised the text this vocabulary was built from (folded
+        to lower case when it was prepared with --lowercase); call it before
+        :meth:`encode` on text from outside (files to score, a prime)."""
+        return normalize_text(text, self.lowercase)
 
     def missing(self, text_or_chars) -> list[str]:
         """Characters of ``text_or_chars`` outside the vocabulary, in code-point order
@@ -190,12 +220,13 @@ class Vocab:
 
     def extend(self, new_chars: Iterable[str]) -> "Vocab":
         """A vocabulary with ``new_chars`` appended after the existing characters (and
-        before the unknown symbol): every existing character keeps its id."""
+        before the unknown symbol): every existing character keeps its id, and the
+        normalisation (``lowercase``) stays."""
         if self.unk is not None:
             raise VocabError("a vocabulary with an unknown symbol maps new characters to it; "
                              "it is not extended")
         add = [c for c in dict.fromkeys(new_chars) if c not in self.stoi]
-        return Vocab(self.chars + sorted(add), self.unk)
+        return Vocab(self.chars + sorted(add), self.unk, lowercase=self.lowercase)
 
 
-__all__ = ["Vocab", "codepoints", "token_dtype", "UNK_DEFAULT", "VOCAB_VERSION"]
+__all__ = ["Vocab", "normalize_text", "codepoints", "token_dtype", "UNK_DEFAULT", "VOCAB_VERSION"]

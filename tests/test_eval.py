@@ -360,7 +360,7 @@ def test_eval_errors(ckpt, tmp_path, invoke):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"hello \xff world")
     code, out, err = invoke(["eval", ckpt, bad])
-    assert code == 1 and err == f"Error: {bad}: not valid UTF-8 (byte offset 6)\n"
+    assert code == 1 and err == f"Error: {bad}: invalid utf-8 at byte 6\n"
     code, out, err = invoke(["eval", tmp_path / "nope", "-"], input="x")
     assert code == 1 and err.startswith("Error: ") and "no such file or directory" in err
     code, out, err = invoke(["eval", ckpt, "-"], input="")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..cli import checkpoint_argument, json_option, threads_option, use_threads
+from ._dataopts import decoding_options
 
 
 def _default_data_dir(ck) -> Path | None:
@@ -39,9 +40,11 @@ def _default_data_dir(ck) -> Path | None:
               help="Score text INPUT N pieces at a time: faster, approximate (a piece of "
                    "8192 characters starts from a fresh state after reading the 256 "
                    "before it). 1: one exact pass.")
+@decoding_options
 @json_option
 @threads_option
-def command(ckpt, latest, inputs, data_dir, split, lines, carry, streams, as_json, threads):
+def command(ckpt, latest, inputs, data_dir, split, lines, carry, streams, as_json, threads,
+            encoding, errors):
     """Score text with the model in CKPT: loss (nats/char), bpc and perplexity.
 
     \b
@@ -76,11 +79,13 @@ def command(ckpt, latest, inputs, data_dir, split, lines, carry, streams, as_jso
     out = sys.stdout
     if lines:
         total = E.evaluate_lines(model, list(inputs) or ["-"], out, carry=carry,
-                                 warn=console.warn, as_json=as_json)
+                                 warn=console.warn, as_json=as_json,
+                                 encoding=encoding, errors=errors)
         console.log(f"total: {total.line()}")
         return
     if inputs:
-        score = E.evaluate_files(model, list(inputs), warn=console.warn, streams=streams)
+        score = E.evaluate_files(model, list(inputs), warn=console.warn, streams=streams,
+                                 encoding=encoding, errors=errors)
         what = {"inputs": list(inputs)}
         if streams > 1:
             what["streams"] = streams

@@ -4,10 +4,7 @@ from __future__ import annotations
 import click
 
 from ..cli import json_option
-from ..clitypes import FiniteFloat
-from ..config import DataConfig
-
-D = DataConfig
+from ._dataopts import data_config, data_options
 
 
 @click.command("prepare")
@@ -16,32 +13,22 @@ D = DataConfig
               help="A corpus from the registry (see --list-corpora) instead of INPUT.")
 @click.option("-o", "--output", "output", metavar="DATA_DIR", type=click.Path(),
               default=None, help="Directory to write (vocab.json, *.bin, meta.json).")
-@click.option("--glob", "glob_", metavar="PAT", default=D.glob,
-              help="Only files matching PAT inside folders, e.g. '*.py'.")
-@click.option("--encoding", default=D.encoding, show_default=True, help="Text encoding.")
-@click.option("--errors", type=click.Choice(["strict", "replace"]), default=D.errors,
-              show_default=True, help="Undecodable bytes: refuse, or map to U+FFFD.")
-@click.option("--lowercase/--no-lowercase", default=D.lowercase, show_default=True,
-              help="Fold the text to lower case.")
-@click.option("--min-count", type=click.IntRange(min=1), default=D.min_count,
-              show_default=True, help="Rarer characters map to one unknown symbol.")
-@click.option("--max-vocab", type=click.IntRange(min=0), default=D.max_vocab,
-              show_default=True, help="Keep at most N most frequent characters (0 = all).")
-@click.option("--val-frac", type=FiniteFloat(0, 1, max_open=True), default=D.val_frac,
-              show_default=True, help="Tail fraction held out for validation.")
-@click.option("--test-frac", type=FiniteFloat(0, 1, max_open=True), default=D.test_frac,
-              show_default=True, help="Fraction at the very end held out for testing.")
+@data_options
 @click.option("--force", is_flag=True,
               help="Write into DATA_DIR even if it holds other files (they are kept).")
 @click.option("--list-corpora", is_flag=True, help="List the registry's corpora and exit.")
 @json_option
-def command(inputs, corpus, output, glob_, encoding, errors, lowercase, min_count, max_vocab,
-            val_frac, test_frac, force, list_corpora, as_json):
+@click.pass_context
+def command(ctx, inputs, corpus, output, force, list_corpora, as_json, **values):
     """Turn text into a data directory for `charrnn train`.
 
     INPUT: files, folders (read recursively in sorted order, filtered by --glob) or
     '-' for stdin.  The last --val-frac of the text is the validation split, and the
     last --test-frac after it the test split.
+
+    Characters are Unicode code points: a byte order mark at the start of each file is
+    dropped, and line ends are kept as they are (CRLF is two characters, \\r and \\n;
+    convert the files first if the model should not learn them).
 
     \b
     Examples:
@@ -65,15 +52,10 @@ def command(inputs, corpus, output, glob_, encoding, errors, lowercase, min_coun
         raise click.UsageError("give INPUT files or --corpus NAME, not both.")
     if corpus is None and not inputs:
         raise click.UsageError("give INPUT files or folders, '-' for stdin, or --corpus NAME.")
-    if val_frac + test_frac >= 1:
-        raise click.BadParameter(f"--val-frac + --test-frac must be < 1 "
-                                 f"(got {val_frac} + {test_frac})", param_hint="'--val-frac'")
+    cfg, _explicit = data_config(ctx, values)
 
     from ..data import prepare
 
-    cfg = DataConfig(encoding=encoding, errors=errors, lowercase=lowercase,
-                     min_count=min_count, max_vocab=max_vocab, val_frac=val_frac,
-                     test_frac=test_frac, glob=glob_)
     summary = prepare(list(inputs), output, cfg, corpus=corpus, force=force)
     if as_json:
         click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
