@@ -255,16 +255,20 @@ class TrainConfig(_Config):
 class SampleConfig(_Config):
     # Characters to generate per sample (no cap: output streams).
     length: int = 1000
-    # Softmax temperature: < 1 is more conservative, > 1 more surprising.
+    # Softmax temperature: < 1 is more conservative, > 1 more surprising; 0 means greedy
+    # (the argmax, as llama.cpp and the OpenAI API read it), the limit of T -> 0.
     temperature: float = 1.0
-    # Keep only the k most likely characters (0 = off).
+    # Keep only the k most likely characters (0 = off).  No effect when greedy.
     top_k: int = 0
     # Nucleus sampling: keep the smallest set whose probability reaches top_p (1 = off).
+    # No effect when greedy.
     top_p: float = 1.0
-    # Take the argmax instead of drawing.
+    # Take the argmax instead of drawing (the same as temperature 0).
     greedy: bool = False
-    # Seed of the draws; the same seed gives the same text.
-    seed: int = 0
+    # Seed of the draws, 0 .. 2**63-1; the same seed gives the same text.  None (the
+    # default) means a fresh random seed each run, which `sample` reports (-v, --json)
+    # so that a run can be repeated with --seed.
+    seed: int | None = None
     # Samples generated together as one batch (--num-samples).
     num_samples: int = 1
     # Written between consecutive samples (a blank line keeps them apart).
@@ -275,12 +279,15 @@ class SampleConfig(_Config):
                f"num_samples must be >= 1 (got {self.num_samples})")
         _check(isinstance(self.length, int) and self.length >= 0,
                f"length must be >= 0 (got {self.length})")
-        _check(_finite(self.temperature) and self.temperature > 0,
-               f"temperature must be > 0 (got {self.temperature})")
+        _check(_finite(self.temperature) and self.temperature >= 0,
+               f"temperature must be >= 0 (got {self.temperature}; 0 = greedy)")
         _check(isinstance(self.top_k, int) and self.top_k >= 0,
                f"top_k must be >= 0 (got {self.top_k})")
         _check(_finite(self.top_p) and 0 < self.top_p <= 1,
                f"top_p must be in (0, 1] (got {self.top_p})")
+        _check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                     and 0 <= self.seed < 2**63),
+               f"seed must be None (fresh each run) or in [0, 2**63-1] (got {self.seed!r})")
 
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "SampleConfig", "CELLS", "GRU_RESET",

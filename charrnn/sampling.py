@@ -16,6 +16,8 @@ Conventions (the ``charrnn sample`` command documents them too):
   generated text (the prime is not searched); the stop string itself is not output.
   Text is held back only while it could be the start of the stop string, so what is
   printed is always a prefix of what the unstopped run prints.
+* Temperature 0 means greedy (the argmax), as in llama.cpp and the OpenAI API; top-k
+  and top-p change nothing then (the argmax is always kept).
 * Log-probabilities are the model's own (temperature 1, no top-k/top-p), in nats;
   ``mean_logprob`` is minus the model's loss on the generated text.
 """
@@ -181,10 +183,11 @@ class Sampler:
         self._k = KS
         self.model = model
         self.N = int(num_streams)
-        self.temperature = float(temperature)
+        greedy, temperature = _greedy_at_zero(greedy, temperature)
+        self.temperature = temperature
         self.top_k = int(top_k)
         self.top_p = float(top_p)
-        self.greedy = int(bool(greedy))
+        self.greedy = int(greedy)
         if blas is None:
             blas = auto_blas(model.config.hidden_size, num_streams)
         # the product mode of the kernel (kernels.sample): several streams go through
@@ -296,6 +299,14 @@ def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
     return N > 1 or (H > 256 and threads > 1)
 
 
+def _greedy_at_zero(greedy, temperature) -> tuple[bool, float]:
+    """Temperature 0 is greedy (the argmax; top-k and top-p cannot change it): the
+    kernel gets greedy=True and a harmless temperature of 1 instead of dividing by 0."""
+    if float(temperature) == 0.0:
+        return True, 1.0
+    return bool(greedy), float(temperature)
+
+
 def default_context(model) -> int:
     """The id fed first when there is no prime: newline if known, else id 0."""
     vocab = getattr(model, "vocab", None)
@@ -310,10 +321,13 @@ def draw_from_logits(logits, M: int, temperature: float = 1.0, top_k: int = 0,
     (for tests and for checking sampling settings)."""
     from .kernels import sample as KS
 
+    SampleConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                 greedy=bool(greedy), seed=int(seed)).validate()
+    greedy, temperature = _greedy_at_zero(greedy, temperature)
     z = np.ascontiguousarray(logits, dtype=np.float64)                       # (V,)
     out = np.empty(int(M), np.int64)                                         # (M,)
-    KS._draw_repeat(z, int(M), float(temperature), int(top_k), float(top_p),
-                    int(bool(greedy)), seed_streams(seed, 1)[0], out)
+    KS._draw_repeat(z, int(M), temperature, int(top_k), float(top_p),
+                    int(greedy), seed_streams(seed, 1)[0], out)
     return out
 
 

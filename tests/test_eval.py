@@ -253,7 +253,7 @@ def test_streams_cli(ckpt, tmp_path, invoke):
     assert rec["loss"] == pytest.approx(json.loads(out1)["loss"], rel=0.01)
     code, _, err = invoke(["eval", str(ckpt), str(f), "--streams", "1025"])
     assert code == 2 and "1025 is not in the range 1<=x<=1024" in err
-    for argv in (["--lines", str(f)], [], ["--data", str(tmp_path)]):
+    for argv in (["--lines", str(f)], ["--split", "val"], ["--data", str(tmp_path)]):
         code, _, err = invoke(["eval", str(ckpt), *argv, "--streams", "2"])
         assert code == 2, argv
         assert ("Error: --streams scores text INPUT (files or -), not --lines or a data "
@@ -341,20 +341,22 @@ def test_eval_data_split(tmp_path, invoke):
         nll -= lp.sum()
     assert rec["chars"] == len(tok) - 1 and rec["split"] == "val"
     assert rec["loss"] == pytest.approx(nll / (len(tok) - 1), abs=1e-6)
-    # a training checkpoint that names its data: that split is the default input, laid
-    # out with its batch size (1 here: one pass over the split)
+    # a training checkpoint that names its data: --split scores that split (the default
+    # input at a terminal: tests/test_cli_conventions.py), laid out with its batch size
+    # (1 here: one pass over the split)
     m.save(p, train_state={"data_dir": str(tmp_path / "d"),
                            "train_config": {"batch_size": 1, "seq_len": 17}})
-    code, out2, err = invoke(["eval", p, "--json"])
+    code, out2, err = invoke(["eval", p, "--json", "--split", "val"])
     lp, _ = m.log_probs(tok[None, :-1], tok[None, 1:])
     assert code == 0 and json.loads(out2)["loss"] == pytest.approx(-lp.mean(), abs=1e-6)
 
 
 def test_eval_errors(ckpt, tmp_path, invoke):
-    code, out, err = invoke(["eval", ckpt])
+    code, out, err = invoke(["eval", ckpt, "--split", "val"])
     assert code == 1 and out == ""
     assert err == ("Error: no INPUT given and the checkpoint names no prepared data that "
-                   "exists; give text files (- for stdin) or --data DATA_DIR\n")
+                   "exists; give text on stdin, INPUT files (- for stdin), or --data "
+                   "DATA_DIR\n")
     code, out, err = invoke(["eval", ckpt, tmp_path / "missing.txt"])
     assert code == 1 and err == f"Error: {tmp_path / 'missing.txt'}: no such file\n"
     bad = tmp_path / "bad.txt"
@@ -364,6 +366,12 @@ def test_eval_errors(ckpt, tmp_path, invoke):
     code, out, err = invoke(["eval", tmp_path / "nope", "-"], input="x")
     assert code == 1 and err.startswith("Error: ") and "no such file or directory" in err
     code, out, err = invoke(["eval", ckpt, "-"], input="")
+    assert code == 1 and err == ("Error: nothing to score: standard input is empty; give "
+                                 "text on stdin, INPUT files, or --split val / --data DIR "
+                                 "to score prepared data\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, out, err = invoke(["eval", ckpt, empty])
     assert code == 1 and err == ("Error: nothing to score: the input is empty (or has only "
                                  "characters outside the vocabulary)\n")
     code, out, err = invoke(["eval", ckpt, bad, "--data", tmp_path])

@@ -315,9 +315,10 @@ def test_cli_num_samples_separator_and_json(ckpt, invoke):
 def test_cli_prime_file_and_stdin(ckpt, invoke, tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("hello", encoding="utf-8")
-    a = invoke(["sample", str(ckpt), "-n", "10", "--prime-file", str(f)])
-    b = invoke(["sample", str(ckpt), "-n", "10", "--prime-file", "-"], input="hello")
-    c = invoke(["sample", str(ckpt), "-n", "10", "--prime", "hello"])
+    a = invoke(["sample", str(ckpt), "-n", "10", "--seed", "0", "--prime-file", str(f)])
+    b = invoke(["sample", str(ckpt), "-n", "10", "--seed", "0", "--prime-file", "-"],
+               input="hello")
+    c = invoke(["sample", str(ckpt), "-n", "10", "--seed", "0", "--prime", "hello"])
     assert a[0] == 0 and a[1] == b[1] == c[1] and a[1].startswith("hello")
     code, out, err = invoke(["sample", str(ckpt), "--prime", "x", "--prime-file", str(f)])
     assert code == 2 and "give --prime or --prime-file, not both" in err
@@ -339,8 +340,8 @@ def test_cli_prime_outside_vocabulary(ckpt, invoke, tmp_path):
 
 
 def test_cli_bad_options_and_checkpoints(ckpt, invoke, tmp_path):
-    code, _, err = invoke(["sample", str(ckpt), "--temperature", "0"])
-    assert code == 2 and "--temperature" in err
+    code, _, err = invoke(["sample", str(ckpt), "--temperature", "-0.5"])
+    assert code == 2 and "--temperature" in err and "must be >= 0" in err
     code, _, err = invoke(["sample", str(ckpt), "--top-p", "1.5"])
     assert code == 2
     code, _, err = invoke(["sample", str(tmp_path / "none.safetensors")])

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..cli import checkpoint_argument, json_option, seed_option, threads_option, use_threads
+from ..cli import checkpoint_argument, json_option, threads_option, use_threads
 from ..clitypes import FiniteFloat
 from ..config import SampleConfig
 
@@ -32,6 +32,20 @@ def _read_prime_file(path: str) -> str:
             from None
 
 
+def fresh_seed() -> int:
+    """A seed for a run without --seed: 63 bits from the operating system's randomness."""
+    import secrets
+
+    return secrets.randbits(63)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not defaulted."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src not in (click.core.ParameterSource.DEFAULT,
+                                           click.core.ParameterSource.DEFAULT_MAP)
+
+
 @click.command("sample")
 @checkpoint_argument
 @click.option("-n", "--length", type=click.IntRange(min=0), default=SC.length,
@@ -41,16 +55,22 @@ def _read_prime_file(path: str) -> str:
 @click.option("--prime-file", type=click.Path(allow_dash=True), default=None,
               help="Read the prime text from a file (- for stdin).")
 @click.option("--no-echo", is_flag=True, help="Do not print the prime before each sample.")
-@click.option("--temperature", type=FiniteFloat(0, min_open=True), default=SC.temperature,
-              show_default=True, help="Softmax temperature: < 1 safer, > 1 wilder.")
+@click.option("--temperature", type=FiniteFloat(0), default=SC.temperature,
+              show_default=True,
+              help="Softmax temperature: < 1 safer, > 1 wilder, 0 = greedy (the most likely "
+                   "character, as --greedy).")
 @click.option("--top-k", type=click.IntRange(min=0), default=SC.top_k, show_default=True,
-              help="Draw only from the k most likely characters (0 = off).")
+              help="Draw only from the k most likely characters (0 = off; no effect when "
+                   "greedy).")
 @click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=SC.top_p,
               show_default=True, help="Nucleus sampling: smallest set with this much "
-                                      "probability (1 = off).")
+                                      "probability (1 = off; no effect when greedy).")
 @click.option("--greedy", is_flag=True, default=SC.greedy,
-              help="Always take the most likely character (no randomness).")
-@seed_option(SC.seed)
+              help="Always take the most likely character (no randomness); the same as "
+                   "--temperature 0, and not to be given with --temperature.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=SC.seed,
+              help="Random seed (0 to 2**63-1): the same seed gives the same text "
+                   "[default: a fresh seed each run, shown by -v and in --json].")
 @click.option("--num-samples", type=click.IntRange(min=1, max=100_000),
               default=SC.num_samples, show_default=True,
               help="Samples to generate, all at once as one batch.")
@@ -61,22 +81,34 @@ def _read_prime_file(path: str) -> str:
 @click.option("--stream", is_flag=True,
               help="Flush every character as it is drawn (default: every chunk of 256).")
 @json_option
+@click.option("-v", "--verbose", is_flag=True,
+              help="Report the seed on stderr (`seed N`), to repeat the run with --seed N.")
 @threads_option
-def command(ckpt, latest, length, prime, prime_file, no_echo, temperature, top_k, top_p,
-            greedy, seed, num_samples, separator, stop, stream, as_json, threads):
+@click.pass_context
+def command(ctx, ckpt, latest, length, prime, prime_file, no_echo, temperature, top_k, top_p,
+            greedy, seed, num_samples, separator, stop, stream, as_json, verbose, threads):
     """Generate text from the model in CKPT (a checkpoint file or a run directory).
 
     \b
-    Output streams to stdout as it is generated; the same --seed gives the same text.
+    Output streams to stdout as it is generated.  Without --seed each run draws a
+    fresh seed (so runs differ); -v prints it on stderr as `seed N` and --json
+    includes it, and --seed N repeats that run exactly.  --temperature 0 (or
+    --greedy) takes the most likely character every time; --top-k and --top-p
+    then change nothing.
     Without a prime, sampling starts as after a newline (not printed).  With
     --num-samples N the samples are generated together and printed one after the
     other, joined by --separator.  --json prints one object per sample instead:
-    {"sample", "prime", "text", "chars", "mean_logprob", "stopped"}, where
+    {"sample", "prime", "text", "chars", "mean_logprob", "stopped", "seed"}, where
     mean_logprob is the model's mean log-probability (nats) of the generated text.
     On a terminal a final newline is added if the text does not end with one.
     """
     if prime is not None and prime_file is not None:
         raise click.UsageError("give --prime or --prime-file, not both")
+    if greedy and _given(ctx, "temperature"):
+        raise click.UsageError("give --greedy or --temperature, not both (--temperature 0 "
+                               "is greedy)")
+    if seed is None:
+        seed = fresh_seed()
     use_threads(threads)
     from .. import console
     from ..model import Model
@@ -90,13 +122,15 @@ def command(ckpt, latest, length, prime, prime_file, no_echo, temperature, top_k
                            temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                            seed=seed, stop=stop, chunk=1 if stream else CHUNK,
                            warn=console.warn)
+    if verbose:
+        console.log(f"seed {seed}")
     if as_json:
-        _write_json(events, num_samples)
+        _write_json(events, num_samples, seed)
     else:
         _write_text(events, num_samples, "" if no_echo else prime, separator)
 
 
-def _write_json(events, N: int) -> None:
+def _write_json(events, N: int, seed: int) -> None:
     import json
 
     out = sys.stdout
@@ -106,7 +140,8 @@ def _write_json(events, N: int) -> None:
             continue
         ready[i] = val
         while nxt in ready:
-            out.write(json.dumps(ready.pop(nxt).to_json(), ensure_ascii=False) + "\n")
+            rec = {**ready.pop(nxt).to_json(), "seed": seed}
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             out.flush()
             nxt += 1
 
