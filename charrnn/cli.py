@@ -82,12 +82,9 @@ def use_threads(n):
 # ----------------------------------------------------------------- entry point
 
 def _error_line(msg: str) -> None:
-    msg = " ".join(str(msg).split("\n")).strip()
-    try:
-        sys.stderr.write(f"Error: {msg}\n")
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):
-        pass
+    from . import console
+
+    console.error(" ".join(str(msg).split("\n")).strip())
 
 
 def _quiet_broken_pipe() -> int:

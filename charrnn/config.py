@@ -167,6 +167,13 @@ class DataConfig(_Config):
 LOW_MEMORY_TIME = "1.2-1.7x"
 
 
+#: epochs of a run that gives none of --max-iters, --max-epochs, --max-time
+DEFAULT_MAX_EPOCHS = 10
+#: the options that bound a run's length; a command that names any of them replaces
+#: all three (the ones it leaves out are off), one that names none keeps the run's own
+LENGTH_LIMITS = ("max_iters", "max_epochs", "max_time")
+
+
 @dataclass
 class TrainConfig(_Config):
     # B: parallel streams per batch. 50 keeps the matrix products large enough for BLAS
@@ -207,9 +214,14 @@ class TrainConfig(_Config):
     clip_value: float = 0.0
     # Stop after this many iterations (0 = no limit).
     max_iters: int = 0
-    # Stop after this many epochs (0 = no limit). 10 bounds a run that names no limit.
-    max_epochs: int = 10
-    # Wall-clock budget in seconds (0 = none); the CLI accepts "30m", "2h".
+    # Stop after this many epochs (0 = no limit). An epoch cap applies only when asked
+    # for, or when a run names no limit at all (then DEFAULT_MAX_EPOCHS, see epoch_limit):
+    # a nightly `--max-time 50m` run must keep training on a growing corpus night after
+    # night, as nanoGPT's iteration/time budgets do.
+    max_epochs: int = 0
+    # Wall-clock budget of one invocation in seconds (0 = none); the CLI accepts "30m".
+    # It counts from the first training step (after data preparation and kernel
+    # compilation, which are logged) to the exit, the last evaluation and save included.
     max_time: float = 0.0
     # Evaluate on the validation split every this many iterations (and at the end).
     eval_every: int = 200
@@ -249,6 +261,14 @@ class TrainConfig(_Config):
                f"lr_decay must be in (0, 1] (got {self.lr_decay})")
         _check(_finite(self.min_lr_frac) and 0 <= self.min_lr_frac <= 1,
                f"min_lr_frac must be in [0, 1] (got {self.min_lr_frac})")
+
+    @property
+    def epoch_limit(self) -> int:
+        """The epoch cap in force: max_epochs, or DEFAULT_MAX_EPOCHS for a run that names
+        no limit (no max_iters, max_epochs or max_time), so that it still ends."""
+        if self.max_epochs or self.max_iters or self.max_time:
+            return self.max_epochs
+        return DEFAULT_MAX_EPOCHS
 
 
 @dataclass
@@ -290,5 +310,6 @@ class SampleConfig(_Config):
                f"seed must be None (fresh each run) or in [0, 2**63-1] (got {self.seed!r})")
 
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "SampleConfig", "CELLS", "GRU_RESET",
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "SampleConfig", "DEFAULT_MAX_EPOCHS",
+           "LENGTH_LIMITS", "CELLS", "GRU_RESET",
            "NONLINEARITIES", "DTYPES", "OPTIMIZERS", "SCHEDULES", "field"]

@@ -32,11 +32,31 @@ def _append_log(line: str) -> None:
             f.write(f"{stamp} {line}\n")
 
 
-def log(msg: str) -> None:
-    """An informational line on stderr (and in the log file)."""
+def log(msg: str, bar=None) -> None:
+    """An informational line on stderr (and in the log file); above ``bar`` (a tqdm
+    bar) when one is showing."""
     _append_log(msg)
-    if not _settings["quiet"]:
+    if _settings["quiet"]:
+        return
+    if bar is not None:
+        bar.write(msg, file=sys.stderr)
+    else:
         print(msg, file=sys.stderr, flush=True)
+
+
+def error(msg: str) -> None:
+    """The one ``Error: ...`` line of a failed command: on stderr whatever --quiet says,
+    and in the log file, where a cron job whose stderr goes nowhere can find it."""
+    line = f"Error: {msg}"
+    try:
+        _append_log(line)
+    except OSError:
+        pass
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def warn(msg: str) -> None:
@@ -48,7 +68,16 @@ def progress(total=None, desc: str = "", unit: str = "it", initial: int = 0):
     """A tqdm bar on a terminal, or None (then the caller logs plain lines)."""
     if _settings["quiet"] or not stderr_is_tty():
         return None
+    import os
+
     from tqdm import tqdm
 
+    try:
+        width = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        width = 0
+    # A terminal that reports no width (a serial console, some CI ptys) gets a fixed
+    # 80-column bar instead of tqdm's zero-width one.
+    sizing = {"dynamic_ncols": True} if width > 0 else {"ncols": 80}
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
+                leave=False, **sizing)

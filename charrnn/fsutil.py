@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import glob
 import os
 import time
 from pathlib import Path
@@ -67,21 +68,66 @@ def _faults_enabled() -> bool:
     return bool(os.environ.get("CHARRNN_TEST_SLOW_WRITE") or os.environ.get("CHARRNN_TEST_ENOSPC"))
 
 
+_TMP = ".tmp-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # exists, owned by another user
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _default_mode() -> int:
+    """0o666 less the umask: what a plain open() would have given the file (mkstemp
+    creates it 0o600, and a published model must stay readable by other jobs)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _user_oserror(e: OSError, path: Path) -> OSError:
+    """The same error, naming the file the user asked for instead of our temporary."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb", encoding: str | None = None):
     """Open a temporary file next to ``path``; on a clean exit fsync and rename it over
-    ``path``.  ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8 unless ``encoding``)."""
+    ``path``.  ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8 unless ``encoding``).
+
+    The temporary is made by :func:`tempfile.mkstemp` (``O_CREAT|O_EXCL``, an
+    unpredictable name ``.NAME.tmp-PID-XXXXXXXX``), so a symlink planted in a shared
+    folder is never followed, and the rename replaces a symlink at ``path`` itself
+    rather than the file it points to.  Errors name ``path``, never the temporary."""
+    import tempfile
+
     if mode not in ("wb", "w"):
         raise ValueError("atomic_open supports modes 'wb' and 'w'")
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    kw = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
     try:
-        f = open(tmp, mode, **kw)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP}{os.getpid()}-",
+                                        dir=directory)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DiskFullError(f"{path}: no space left on device") from None
+        raise _user_oserror(e, path) from None
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, _default_mode())
+        kw = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
+        f = os.fdopen(fd, mode, **kw)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     try:
         with f:
@@ -95,6 +141,8 @@ def atomic_open(path, mode: str = "wb", encoding: str | None = None):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise DiskFullError(f"{path}: no space left on device; "
                                 "the previous file (if any) is intact") from None
+        if isinstance(e, OSError) and not isinstance(e, DiskFullError):
+            raise _user_oserror(e, path) from None
         raise
     fsync_dir(directory)
 
@@ -124,13 +172,55 @@ def sha256_file(path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def remove_stale_temps(directory) -> None:
-    """Remove temporary files a killed writer left behind (``.NAME.tmp-PID``)."""
+def remove_stale_temps(directory, name: str | None = None) -> None:
+    """Remove temporary files that a killed writer left in ``directory``
+    (``.NAME.tmp-PID...`` whose process is gone), only those of ``name`` when given
+    (a shared --publish folder holds other people's files).  Never follows a symlink:
+    a planted one is removed as a link."""
+    pattern = f".{glob.escape(name) if name else '*'}{_TMP}*"
     with contextlib.suppress(OSError):
-        for p in Path(directory).glob(".*.tmp-*"):
+        for p in Path(directory).glob(pattern):
+            pid_text = p.name.rsplit(_TMP, 1)[1].split("-", 1)[0]
+            if pid_text.isdigit() and pid_alive(int(pid_text)) and not p.is_symlink():
+                continue                  # a live writer's
             with contextlib.suppress(OSError):
-                p.unlink()
+                if p.is_symlink() or p.is_file():
+                    p.unlink()
+
+
+def check_publish_target(path) -> Path:
+    """Fail at once, before any training, when ``--publish PATH`` could not be written:
+    PATH is a folder, its folder is missing, or nothing can be created there."""
+    import tempfile
+
+    from .errors import InputError
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"--publish {path}: is a directory; give the path of a file")
+    if not parent.is_dir():
+        raise InputError(f"--publish {path}: the folder {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}{_TMP}{os.getpid()}-", dir=parent)
+    except OSError as e:
+        raise InputError(f"--publish {path}: cannot write in {parent} "
+                         f"({e.strerror or e})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    remove_stale_temps(parent, path.name)
+    return path
+
+
+def publish_copy(src, dst) -> None:
+    """Copy ``src`` to ``dst`` atomically (a reader sees the old file or the new one)."""
+    import shutil
+
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir",
-           "remove_stale_temps", "sha256_file"]
+           "remove_stale_temps", "sha256_file", "pid_alive", "check_publish_target",
+           "publish_copy"]

@@ -24,28 +24,18 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 from . import console
-from .errors import LockError
+from .errors import InputError, LockError
+from .fsutil import pid_alive
 
 LOCK_NAME = ".lock"
 # How long an empty/unreadable lock file may be "being written" before it is stale.
 _FRESH_SECONDS = 2.0
 _POLL = 0.05
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:        # exists, owned by another user
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _read_info(fd: int) -> dict | None:
@@ -84,6 +74,27 @@ def _describe(info: dict | None, here: str) -> str:
     return text
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory (and its parents), or say in one line why it cannot be:
+    a permanent condition, exit 1 (only a held lock is "busy, try later", 75)."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise InputError(f"{run_dir}: is a symbolic link to {os.readlink(run_dir)}, which "
+                         "does not exist")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = {errno.ENOTDIR: "a part of the path is a file, not a folder"}.get(
+            e.errno, e.strerror or str(e))
+        raise InputError(f"{run_dir}: cannot create the run directory ({why})") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise InputError(f"{run_dir}: cannot write in the run directory (permission denied)")
+
+
 class RunLock:
     """Context manager holding ``run_dir/.lock`` (see module docstring).
 
@@ -106,21 +117,17 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self._fd is not None:
             raise LockError(f"{self.run_dir}: this lock is already held by this process")
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise LockError(f"{self.run_dir}: cannot create the run directory "
-                            f"({e.strerror or e})") from None
+        make_run_dir(self.run_dir)
         deadline = time.monotonic() + 10 * _FRESH_SECONDS
         while True:
             if self._try_create():
                 return self
-            if self._inspect_existing():
-                continue              # stale file removed (or vanished): try again
+            retry = self._inspect_existing()
             if time.monotonic() > deadline:   # pathological churn; give up clearly
                 raise LockError(f"{self.run_dir}: could not take {self.path} "
                                 "(it keeps changing); try again")
-            time.sleep(_POLL)
+            if not retry:
+                time.sleep(_POLL)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -152,12 +159,12 @@ class RunLock:
     def _try_create(self) -> bool:
         """Create the lock file; True when we now hold it, False when it exists."""
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _NOFOLLOW, 0o644)
         except FileExistsError:
             return False
         except OSError as e:
-            raise LockError(f"{self.path}: cannot create the lock file "
-                            f"({e.strerror or e})") from None
+            raise InputError(f"{self.path}: cannot create the lock file "
+                             f"({e.strerror or e})") from None
         try:
             # Someone inspecting the new file may hold its flock for an instant.
             deadline = time.monotonic() + _FRESH_SECONDS
@@ -199,12 +206,21 @@ class RunLock:
         wait a moment (the file is being written by its creator).
         """
         try:
-            fd = os.open(self.path, os.O_RDWR)
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else
+                    "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+            raise InputError(f"{self.path} is {kind}, not a charrnn lock file; remove it "
+                             "(charrnn creates the lock itself)")
+        try:
+            fd = os.open(self.path, os.O_RDWR | _NOFOLLOW)
         except FileNotFoundError:
             return True
         except OSError as e:
-            raise LockError(f"{self.path}: cannot open the lock file "
-                            f"({e.strerror or e})") from None
+            raise InputError(f"{self.path}: cannot open the lock file "
+                             f"({e.strerror or e})") from None
         try:
             flock_free = True
             try:
@@ -226,7 +242,7 @@ class RunLock:
                     raise self._error(None)
             else:
                 same_host = info.get("host") in (None, self._host)
-                alive = _pid_alive(info["pid"]) if same_host else True
+                alive = pid_alive(info["pid"]) if same_host else True
                 if not flock_free and alive:
                     raise self._error(info)
                 if flock_free:
@@ -261,4 +277,4 @@ class RunLock:
             return _FRESH_SECONDS
 
 
-__all__ = ["RunLock", "LOCK_NAME"]
+__all__ = ["RunLock", "LOCK_NAME", "make_run_dir"]

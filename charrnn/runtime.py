@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import sys
 from pathlib import Path
 
 from . import __version__
@@ -78,8 +77,10 @@ def ensure_numba():
 
         marker = numba_cache_dir() / f"charrnn-{__version__}-numba-{numba.__version__}.compiled"
         if not marker.exists():
-            print("charrnn: compiling numerical kernels (first run; cached for next time)",
-                  file=sys.stderr, flush=True)
+            from . import console
+
+            console.log("charrnn: compiling numerical kernels (first run; cached for next "
+                        "time)")
 
             def _mark():
                 with contextlib.suppress(OSError):

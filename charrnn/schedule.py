@@ -45,8 +45,8 @@ def total_iterations(cfg: TrainConfig, batches_per_epoch: int | None) -> int | N
     limits = []
     if cfg.max_iters > 0:
         limits.append(cfg.max_iters)
-    if cfg.max_epochs > 0 and batches_per_epoch:
-        limits.append(cfg.max_epochs * int(batches_per_epoch))
+    if cfg.epoch_limit > 0 and batches_per_epoch:
+        limits.append(cfg.epoch_limit * int(batches_per_epoch))
     return min(limits) if limits else None
 
 

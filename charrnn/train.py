@@ -37,16 +37,22 @@ import numpy as np
 
 from . import console
 from .checkpoint import BEST_NAME, LATEST_NAME, read_checkpoint
-from .config import LOW_MEMORY_TIME, ModelConfig, TrainConfig
+from .config import LENGTH_LIMITS, LOW_MEMORY_TIME, ModelConfig, TrainConfig
 from .errors import (CheckpointError, ConfigError, DataError, Interrupted, TrainingDiverged,
                      VocabError)
 
 METRICS_NAME = "metrics.jsonl"
 LN2 = math.log(2.0)
-# Options a resumed run may change: how long it runs and how often it reports.  Every
-# other option is part of what the run *is*; changing it needs --restart.
-RESUMABLE_CHANGES = {"max_iters", "max_epochs", "max_time", "eval_every", "save_every",
-                     "patience", "low_memory"}
+# Options a resumed run may change: how long it runs, how often it reports, and how it
+# optimises from here on (char-rnn and nanoGPT let a resumed run lower its learning
+# rate).  Every other option is part of what the run *is* (its shape, its data, its
+# optimizer's moments); changing it needs --restart.
+RESUMABLE_CHANGES = {
+    ("train", n) for n in (
+        "max_iters", "max_epochs", "max_time", "eval_every", "save_every", "patience",
+        "low_memory", "lr", "schedule", "warmup_iters", "lr_decay", "decay_every",
+        "decay_after", "clip", "clip_value", "weight_decay")
+} | {("model", "dropout")}
 
 
 @dataclass
@@ -158,27 +164,49 @@ def _fmt_value(v) -> str:
     return str(v)
 
 
+def _fmt_limit(name: str, v) -> str:
+    if not v:
+        return "none"
+    return fmt_duration(v) if name == "max_time" else str(v)
+
+
 def merge_resumed(saved_m: ModelConfig, saved_t: TrainConfig, explicit: dict,
-                  run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
-    """Configs of a resumed run: the saved ones, with the explicitly given options that
-    may change (:data:`RESUMABLE_CHANGES`); any other differing option is an error."""
-    m_changes, t_changes = {}, {}
-    for (section, name), value in sorted(explicit.items()):
+                  run_dir: Path) -> tuple[ModelConfig, TrainConfig, list[str]]:
+    """Configs of a resumed run and the changes to name in the log.
+
+    The saved configs, with the explicitly given options that may change
+    (:data:`RESUMABLE_CHANGES`); any other differing option is an error.  The length
+    limits go together: a command that names any of :data:`LENGTH_LIMITS` sets all three
+    (those it leaves out are off), so the same cron line that gives only ``--max-time``
+    trains for that long every night whatever epoch the run has reached."""
+    changes = {"model": {}, "train": {}}
+    named_limits = {n for (sec, n) in explicit if sec == "train" and n in LENGTH_LIMITS}
+    wanted = dict(explicit)
+    if named_limits:
+        for n in LENGTH_LIMITS:
+            wanted.setdefault(("train", n), 0.0 if n == "max_time" else 0)
+    notes = []
+    for (section, name), value in sorted(wanted.items()):
         saved = getattr(saved_m if section == "model" else saved_t, name)
         if section == "model" and name == "vocab_size":
             continue
         if value == saved or (isinstance(saved, float) and isinstance(value, (int, float))
                               and float(value) == saved):
             continue
-        if section == "train" and name in RESUMABLE_CHANGES:
-            t_changes[name] = value
+        if (section, name) in RESUMABLE_CHANGES:
+            changes[section][name] = value
+            opt = _describe_option(section, name)
+            if name in LENGTH_LIMITS:
+                notes.append(f"{opt} {_fmt_limit(name, saved)} -> {_fmt_limit(name, value)}")
+            else:
+                notes.append(f"{opt} {_fmt_value(saved)} -> {_fmt_value(value)}")
             continue
         opt = _describe_option(section, name)
         raise ConfigError(
             f"{run_dir} was trained with {opt} {_fmt_value(saved)}, but this command asks for "
             f"{opt} {_fmt_value(value)}; drop the option to resume, or add --restart to "
             "start a new run")
-    return saved_m.replace(**m_changes), saved_t.replace(**t_changes)
+    return (saved_m.replace(**changes["model"]), saved_t.replace(**changes["train"]), notes)
 
 
 def vocab_map(data_vocab, model_vocab, what: str) -> np.ndarray | None:
@@ -218,15 +246,25 @@ def vocab_map(data_vocab, model_vocab, what: str) -> np.ndarray | None:
 
 # ---------------------------------------------------------------------- evaluation
 
+class EvalAbandoned(Exception):
+    """A validation pass stopped part-way (a signal, or the --max-time deadline)."""
+
+
 def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
-                   lut: np.ndarray | None = None, comm=None) -> tuple[float, int]:
+                   lut: np.ndarray | None = None, comm=None,
+                   should_stop: Callable[[], bool] | None = None,
+                   max_steps: int | None = None) -> tuple[float, int]:
     """Mean loss (nats/char) over a split and the number of characters scored.
 
     The split is cut into B contiguous streams (as for training) scored in windows of
     T with the state carried from window to window, starting from zero; the n-1 - B*S
     positions after the last full stream are left out (fewer than B).  With ``comm``
     (MPI; a collective: every rank calls it) rank r scores streams B*r//N .. B*(r+1)//N
-    and the ranks sum their totals, so every rank gets the same loss N times faster."""
+    and the ranks sum their totals, so every rank gets the same loss N times faster.
+    ``should_stop`` is asked between windows; when it says yes the pass is abandoned
+    (:class:`EvalAbandoned`), so a signal or a deadline is honoured within a window.
+    ``max_steps`` scores only the first positions of every stream (the same characters
+    every time): a part of the split, for a --max-time budget a full pass would not fit."""
     n = int(tokens.shape[0])
     if n < 2:
         return float("nan"), 0
@@ -237,11 +275,15 @@ def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
         data = lut[data]
     x_all = data[:-1].reshape(B, S)                            # (B, S)
     y_all = data[1:].reshape(B, S)                             # (B, S)
+    if max_steps is not None:
+        S = min(S, max_steps)
     lo, hi = (0, B) if comm is None else (B * comm.rank // comm.size,
                                           B * (comm.rank + 1) // comm.size)
     state = None
     total = 0.0
     for t0 in range(0, S, seq_len) if hi > lo else ():
+        if should_stop is not None and should_stop():
+            raise EvalAbandoned
         t1 = min(S, t0 + seq_len)
         lp, state = model.log_probs(x_all[lo:hi, t0:t1], y_all[lo:hi, t0:t1],
                                     state)                     # (b, t)
@@ -278,6 +320,78 @@ class _Signals:
             signal.signal(s, h)
 
 
+class _Clock:
+    """The --max-time budget of one invocation, counted from the first training step.
+
+    The loop stops while there is still time for one more step, the final validation
+    pass and the saves, each estimated from what it cost so far in this run (the first
+    validation pass is timed on one window before the first step)."""
+
+    SAFETY = 1.25
+
+    def __init__(self, max_time: float, val_chars: int, step_chars: int):
+        # CHARRNN_TEST_TIME_SCALE=K divides the budget by K, so that the tests can run
+        # the README's own cron line (--max-time 50m) night after night in seconds.
+        max_time /= float(os.environ.get("CHARRNN_TEST_TIME_SCALE", "") or 1)
+        self.max_time = max_time
+        self.start = time.monotonic()
+        self.deadline = self.start + max_time if max_time else None
+        self.val_chars, self.step_chars = val_chars, step_chars
+        self.step = 0.0                 # recent seconds per step (moving average)
+        self.eval: float | None = None  # seconds of the last validation pass
+        self.save = 0.0                 # seconds of the slowest save so far
+
+    def step_done(self, seconds: float) -> None:
+        self.step = seconds if self.step == 0 else 0.8 * self.step + 0.2 * seconds
+
+    def eval_done(self, seconds: float) -> None:
+        self.eval = seconds
+
+    def save_done(self, seconds: float) -> None:
+        self.save = max(self.save, seconds)
+
+    def _eval_estimate(self) -> float:
+        if self.eval is not None:
+            return self.eval
+        if self.val_chars < 2 or self.step == 0:
+            return 0.0
+        return self.val_chars / self.step_chars * self.step
+
+    def out_of_time(self) -> bool:
+        if self.deadline is None:
+            return False
+        reserve = self.step + self._eval_estimate() + 3 * self.save       # best, latest, publish
+        return time.monotonic() + self.SAFETY * reserve >= self.deadline
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+class _Bar:
+    """The terminal progress bar of a training run: seconds of --max-time, or
+    iterations (with a total when the run's length is known)."""
+
+    def __init__(self, tq, by_time: bool):
+        self.tq, self.by_time = tq, by_time
+
+    def advance(self, iteration: int, clock: _Clock) -> None:
+        if self.by_time:
+            n = min(self.tq.total, int(time.monotonic() - clock.start))
+            if n > self.tq.n:
+                self.tq.update(n - self.tq.n)
+        else:
+            self.tq.update(1)
+
+    def postfix(self, text: str) -> None:
+        self.tq.set_postfix_str(text, refresh=False)
+
+    def write(self, line: str) -> None:
+        console.log(line, bar=self.tq)
+
+    def close(self) -> None:
+        self.tq.close()
+
+
 class Trainer:
     """Holds the model, optimizer, data and loop state of one run; see module doc."""
 
@@ -288,6 +402,9 @@ class Trainer:
         self.best_path = self.run_dir / BEST_NAME
         self.comm = opts.comm
         self.rank0 = self.comm is None or self.comm.rank == 0
+        self.data_changed = False
+        self._publish_pending = False
+        self.val_steps: int | None = None    # positions per stream a validation scores
         self._open_data(opts.data_dir)
         resumed = None
         if not opts.restart and self.latest_path.exists():
@@ -355,12 +472,6 @@ class Trainer:
             model.vocab = self.data_vocab
         self.tcfg = tcfg
         self.model = model
-        self._make_loader()
-        from .optim import Optimizer
-
-        self.opt = Optimizer(tcfg, model)
-        self._set_vocab_map()
-        self.rng = np.random.Generator(np.random.PCG64(tcfg.seed))
         self.iteration = 0
         self.epoch = 0
         self.pos = 0
@@ -371,6 +482,14 @@ class Trainer:
         self.elapsed = 0.0
         self.chars_seen = 0
         self.last_val = None
+        self.init_from = (str(Path(self.opts.init_from).resolve())
+                          if self.opts.init_from else None)
+        self._make_loader()
+        from .optim import Optimizer
+
+        self.opt = Optimizer(tcfg, model)
+        self._set_vocab_map()
+        self.rng = np.random.Generator(np.random.PCG64(tcfg.seed))
         if self.rank0:
             if self.opts.restart:
                 for p in (self.latest_path, self.best_path, self.run_dir / METRICS_NAME):
@@ -388,10 +507,20 @@ class Trainer:
             saved_t = TrainConfig.from_dict(ts["train_config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ck.path}: training state is incomplete ({e})") from None
-        self.mcfg, self.tcfg = merge_resumed(ck.config, saved_t, self.opts.explicit,
-                                             self.run_dir)
+        self.init_from = ts.get("init_from") if isinstance(ts.get("init_from"), str) else None
+        self._check_init_from(ck)
+        self.mcfg, self.tcfg, notes = merge_resumed(ck.config, saved_t, self.opts.explicit,
+                                                    self.run_dir)
         model = model_from_checkpoint(ck)
+        if self.mcfg != model.config:                  # a new --dropout
+            from .model import Model
+
+            vocab = model.vocab
+            model = Model(self.mcfg.replace(vocab_size=model.config.vocab_size), model.flat)
+            model.vocab = vocab
         self.model = model
+        if notes and self.rank0:
+            console.log("changed on resume: " + ", ".join(notes))
         self._make_loader()
         try:
             self.opt = Optimizer(self.tcfg, model)
@@ -436,6 +565,22 @@ class Trainer:
         console.log(f"resuming {self.run_dir} from iteration {self.iteration} "
                     f"(epoch {self.epoch_float():.2f})")
 
+    def _check_init_from(self, ck) -> None:
+        """--init-from on a run that already has a checkpoint: the same checkpoint it was
+        started from is a no-op (the same command again resumes); any other is refused,
+        since the run's weights no longer come from it."""
+        given = self.opts.init_from
+        if not given:
+            return
+        if self.init_from is not None and Path(given).resolve() == Path(self.init_from):
+            return
+        started = (f"was started from {self.init_from}" if self.init_from
+                   else "was not started with --init-from")
+        raise ConfigError(
+            f"{self.run_dir} already has a checkpoint and {started}; --init-from {given} "
+            "would be ignored. Drop --init-from to resume, or add --restart to start over "
+            f"from {given}")
+
     def _set_vocab_map(self) -> None:
         """Map the data's ids to the model's; grow the model's vocabulary if asked."""
         try:
@@ -469,25 +614,42 @@ class Trainer:
         self.state = None
         self.bad_evals = 0
         self.best_val = math.inf
+        self.last_val = None         # measured on the old split: not comparable any more
         if self.best_path.exists() and self.val_tokens.shape[0] >= 2:
-            from .checkpoint import load_model
+            self._rescore_best("the new validation split")
 
-            try:
-                best = load_model(self.best_path)
-                if best.vocab != self.model.vocab and best.vocab.chars == \
-                        self.model.vocab.chars[:len(best.vocab.chars)]:
-                    from .runs import grow_model_vocab   # grown this night: grow best too
+    def _rescore_best(self, what: str) -> None:
+        """Score best.safetensors on the validation data as this run scores it now, so
+        that "best" and "val" are measured on the same characters."""
+        from .checkpoint import load_model
 
-                    best, _ = grow_model_vocab(best, self.model.vocab, seed=self.tcfg.seed)
-                lut = vocab_map(self.data_vocab, best.vocab, "the validation data")
-            except (CheckpointError, VocabError) as e:
-                console.warn(f"cannot re-score {self.best_path} on the new data ({e}); "
-                             "the next evaluation replaces it")
-                return
-            self.best_val, _ = evaluate_split(best, self.val_tokens, self.tcfg.batch_size,
-                                              self.tcfg.seq_len, lut)
-            console.log(f"re-scored {self.best_path.name} on the new validation split: "
-                        f"loss {self.best_val:.4f} (bpc {self.best_val / LN2:.3f})")
+        self.best_val = math.inf
+        try:
+            best = load_model(self.best_path)
+            if best.vocab != self.model.vocab and best.vocab.chars == \
+                    self.model.vocab.chars[:len(best.vocab.chars)]:
+                from .runs import grow_model_vocab   # grown this night: grow best too
+
+                best, _ = grow_model_vocab(best, self.model.vocab, seed=self.tcfg.seed)
+            lut = vocab_map(self.data_vocab, best.vocab, "the validation data")
+        except (CheckpointError, VocabError) as e:
+            console.warn(f"cannot re-score {self.best_path} on {what} ({e}); the next "
+                         "evaluation replaces it")
+            return
+        self.best_val, _ = evaluate_split(best, self.val_tokens, self.tcfg.batch_size,
+                                          self.tcfg.seq_len, lut, max_steps=self.val_steps)
+        console.log(f"re-scored {self.best_path.name} on {what}: "
+                    f"loss {self.best_val:.4f} (bpc {self.best_val / LN2:.3f})")
+
+    def describe(self) -> str:
+        """The start-up line: the model, the data and the threads."""
+        m, t = self.mcfg, self.tcfg
+        n_train, n_val = int(self.train_tokens.shape[0]), int(self.val_tokens.shape[0])
+        return (f"model {m.cell.upper()} {m.num_layers}x{m.hidden_size} "
+                f"({self.model.flat.size:,} parameters, {m.dtype}); data {n_train:,} "
+                f"training chars (an epoch is {self.bpe:,} iterations of {t.batch_size}x"
+                f"{t.seq_len}), {n_val:,} validation, vocabulary {len(self.model.vocab)}; "
+                f"{self.opts.threads} thread(s)")
 
     def _data_chars(self) -> int:
         return int(sum(self.dataset.split(n).shape[0] for n in ("train", "val", "test")))
@@ -517,6 +679,7 @@ class Trainer:
             "threads": self.opts.threads,
             "world_size": 1 if self.comm is None else self.comm.size,
             "stopped": stopped,
+            "init_from": self.init_from,
         }
 
     def _state_tensors(self) -> dict:
@@ -544,10 +707,7 @@ class Trainer:
         if self.rank0:
             # weights plus the training state (for `charrnn info`); no optimizer tensors
             self.model.save(self.best_path, train_state=self.train_state())
-            if self.opts.publish is not None:
-                from .fsutil import atomic_write_bytes
-
-                atomic_write_bytes(self.opts.publish, self.best_path.read_bytes())
+            self._publish_pending = self.opts.publish is not None
 
     # ------------------------------------------------------------------ loop
     def _batch(self):
@@ -565,32 +725,69 @@ class Trainer:
         full = self.model.dropout_masks(t.batch_size, t.seq_len, self.rng)   # L x (T, B, H)
         return [np.ascontiguousarray(m[:, self.lo:self.hi]) for m in full]  # L x (T, b, H)
 
-    def _lr(self, run_start: float) -> float:
+    def _lr(self, clock: "_Clock") -> float:
         from .schedule import lr_at, total_iterations
 
         t = self.tcfg
         total = total_iterations(t, self.bpe)
         progress = None
-        if t.schedule == "cosine" and t.max_time > 0:
-            progress = min(1.0, (time.monotonic() - run_start) / t.max_time)
+        if t.schedule == "cosine" and clock.max_time > 0:
+            progress = min(1.0, (time.monotonic() - clock.start) / clock.max_time)
         return lr_at(t, self.iteration, self.epoch_float(), total, progress)
 
-    def _done(self, run_start: float) -> str | None:
+    def _done(self, clock: "_Clock | None") -> str | None:
         t = self.tcfg
         if t.max_iters and self.iteration >= t.max_iters:
             return "max_iters"
-        if t.max_epochs and self.epoch >= t.max_epochs:
+        if t.epoch_limit and self.epoch >= t.epoch_limit:
             return "max_epochs"
-        if t.max_time and time.monotonic() - run_start >= t.max_time:
+        if clock is not None and clock.out_of_time():
             return "max_time"
         return None
 
-    def evaluate(self) -> float | None:
+    def evaluate(self, should_stop=None) -> float | None:
+        """Validation loss, or None without a validation split; EvalAbandoned when
+        ``should_stop`` ends it early."""
         if self.val_tokens.shape[0] < 2:
             return None
         loss, _ = evaluate_split(self.model, self.val_tokens, self.tcfg.batch_size,
-                                 self.tcfg.seq_len, self.lut, comm=self.comm)
+                                 self.tcfg.seq_len, self.lut, comm=self.comm,
+                                 should_stop=should_stop, max_steps=self.val_steps)
         return loss
+
+    def _plan_validation(self, clock: "_Clock") -> None:
+        """Under --max-time, time one validation window; when a whole pass would take
+        more than half the budget, every evaluation of this invocation scores the same
+        leading part of the split (about a sixth of the budget), and best is re-scored
+        on that part so that val and best stay comparable."""
+        t = self.tcfg
+        n_val = int(self.val_tokens.shape[0])
+        budget = clock.max_time
+        if not budget or n_val < 2 or self.comm is not None:
+            return
+        B = min(t.batch_size, n_val - 1)
+        S = (n_val - 1) // B
+        windows = -(-S // t.seq_len)
+        self.val_steps = t.seq_len
+        self.evaluate()                                  # buffers and caches
+        t0 = time.monotonic()
+        self.evaluate()
+        per_window = time.monotonic() - t0
+        self.val_steps = None
+        clock.eval_done(windows * per_window)
+        if windows * per_window <= 0.5 * budget:
+            return
+        keep = max(1, int(budget / 6 / max(per_window, 1e-9)))
+        self.val_steps = keep * t.seq_len
+        clock.eval_done(keep * per_window)
+        if self.rank0:
+            console.log(f"validation: a whole pass over the {n_val:,}-character split would "
+                        f"take about {fmt_duration(windows * per_window)} of the "
+                        f"{fmt_duration(budget)} --max-time; every evaluation of this "
+                        f"run scores the same first {B * min(S, self.val_steps):,} "
+                        "characters of it (`charrnn eval RUN --split val` scores it all)")
+        if math.isfinite(self.best_val):
+            self._rescore_best("the part of the validation split this run scores")
 
     def _record(self, train_loss: float | None, val: float | None, lr: float,
                 cps: float) -> dict:
@@ -618,31 +815,48 @@ class Trainer:
         no parameter, moment or random state (the first real step zeroes the gradient)."""
         from .optim import Optimizer
 
+        t0 = time.monotonic()
         dt = self.model.dtype
         x = np.zeros((1, 1), np.int64)                              # (1, 1)
         self.model.forward_backward(x, x, None, train=False)
+        self.model.log_probs(x, x, None)                           # validation's kernels
         scratch = Optimizer(self.tcfg, 16, dt)
         scratch.step(np.zeros(16, dt), np.zeros(16, dt), 0.0)
+        spent = time.monotonic() - t0
+        if spent > 2 and self.rank0:
+            console.log(f"kernels ready in {spent:.0f} s (compiled once; not counted in "
+                        "--max-time)")
 
     def run(self) -> dict:
         t = self.tcfg
         model = self.model
         B_local = self.hi - self.lo
         model.recompute_steps = recompute_chunk(B_local) if t.low_memory else 0
+        start_iter = self.iteration
+        stopped = self._done(None)
+        if stopped is not None:
+            return self._nothing_to_do(stopped)
+        if self.comm is not None:
+            console.log(self.comm.describe(t.batch_size, self.opts.threads))
+        elif self.rank0:
+            console.log(self.describe())
         self._warm_up()
         chars_per_step = t.batch_size * t.seq_len
-        run_start = time.monotonic()
-        start_iter = self.iteration
-        stopped = self._done(run_start)
-        if stopped and self.rank0:
-            console.log(f"nothing to do: the run already reached its {stopped.replace('_', '-')} "
-                        "limit (raise it to train further)")
-        bar = console.progress(total=None, desc="train", unit="it") if self.rank0 else None
+        clock = _Clock(t.max_time, val_chars=int(self.val_tokens.shape[0]),
+                       step_chars=chars_per_step)
+        self._plan_validation(clock)
+        bar = self._progress_bar(clock) if self.rank0 else None
         loss_sum, loss_n = 0.0, 0
         window_start, window_iters = time.monotonic(), 0
-        lr = self._lr(run_start)
+        lr = self._lr(clock)
         since_save = 0
-        with _Signals() as sig:
+        # A diverging run is reported by the finiteness checks below, with one Error
+        # line: numpy's overflow warnings on the way there are noise.
+        with _Signals() as sig, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            def abandon() -> bool:
+                return sig.received is not None or clock.past_deadline()
+            if self.comm is not None:      # ranks must finish a collective pass together
+                abandon = None
             while stopped is None:
                 if self.pos == 0:
                     self.state = None               # each epoch starts from a zero state
@@ -652,19 +866,21 @@ class Trainer:
                                                           rng=self.rng, masks=self._masks())
                 if self.comm is not None:
                     loss = self.comm.reduce_grad(model.grad_flat, loss, B_local, t.batch_size)
-                lr = self._lr(run_start)
+                lr = self._lr(clock)
                 if not math.isfinite(loss):
-                    self._diverged(loss, lr)
+                    self._diverged(loss, lr, self.iteration + 1)
                 norm = self.opt.step(model.flat, model.grad_flat, lr)
                 if not math.isfinite(norm):
-                    self._diverged(norm, lr, what="gradient norm")
+                    self._diverged(norm, lr, self.iteration + 1, what="gradient norm")
                 self.iteration += 1
                 self.pos += 1
                 if self.pos >= self.bpe:
                     self.pos = 0
                     self.epoch += 1
                 self.chars_seen += chars_per_step
-                self.elapsed += time.monotonic() - t0
+                step_time = time.monotonic() - t0
+                self.elapsed += step_time
+                clock.step_done(step_time)
                 loss_sum += loss
                 loss_n += 1
                 window_iters += 1
@@ -672,29 +888,41 @@ class Trainer:
                 if self.comm is not None:
                     self.comm.check_sync(self.iteration, model.flat)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"loss {loss:.3f} bpc {loss / LN2:.3f} "
-                                        f"epoch {self.epoch_float():.2f}", refresh=False)
-                stopped = self._done(run_start)
+                    bar.advance(self.iteration, clock)
+                    bar.postfix(f"loss {loss:.3f} bpc {loss / LN2:.3f} "
+                                f"epoch {self.epoch_float():.2f}")
+                stopped = self._done(clock)
                 if sig.received is not None:
                     stopped = "signal"
                 if self.comm is not None:
                     stopped = self.comm.agree_stop(stopped)
                 do_eval = self.iteration % t.eval_every == 0 or stopped is not None
-                if do_eval:
+                if do_eval and stopped != "signal":
                     span = time.monotonic() - window_start
                     cps = window_iters * chars_per_step / span if span > 0 else 0.0
-                    val = self.evaluate() if stopped != "signal" else None
-                    if val is not None and not math.isfinite(val):
-                        self._diverged(val, lr, what="validation loss")
-                    metric = val if val is not None else loss_sum / max(loss_n, 1)
-                    improved = metric < self.best_val
-                    if stopped != "signal":
+                    e0 = time.monotonic()
+                    try:
+                        val = self.evaluate(abandon)
+                        clock.eval_done(time.monotonic() - e0)
+                    except EvalAbandoned:
+                        val = None
+                        if sig.received is not None:
+                            stopped = "signal"
+                        else:
+                            stopped = "max_time"
+                            if self.rank0:
+                                console.log("validation pass abandoned: --max-time ran out "
+                                            "during it (this pass is not recorded)")
+                    if stopped != "signal" and not (val is None and
+                                                    self.val_tokens.shape[0] >= 2):
+                        if val is not None and not math.isfinite(val):
+                            self._diverged(val, lr, self.iteration, what="validation loss")
+                        metric = val if val is not None else loss_sum / max(loss_n, 1)
                         self.last_val = val
-                        if improved:
+                        if metric < self.best_val:
                             self.best_val, self.best_iter, self.bad_evals = \
                                 metric, self.iteration, 0
-                            self.save_best()
+                            self._timed_save(clock, self.save_best)
                         else:
                             self.bad_evals += 1
                         rec = self._record(loss_sum / max(loss_n, 1), val, lr, cps)
@@ -708,11 +936,15 @@ class Trainer:
                     window_start, window_iters = time.monotonic(), 0
                 if do_eval and t.save_every == 0 or (t.save_every and since_save >= t.save_every) \
                         or stopped is not None:
-                    self.save_latest(stopped)
+                    self._timed_save(clock, self.save_latest, stopped)
                     since_save = 0
+                if self._publish_pending and self.rank0:
+                    if not self.latest_path.exists():
+                        self._timed_save(clock, self.save_latest, stopped)
+                    self._publish()
         if bar is not None:
             bar.close()
-        summary = self._summary(stopped, start_iter, run_start)
+        summary = self._summary(stopped, start_iter, clock.start)
         if stopped == "signal":
             signum = sig.received
             name = signal.Signals(signum).name
@@ -721,11 +953,59 @@ class Trainer:
                 "(run the same command again to resume)", 128 + signum)
         return summary
 
-    def _diverged(self, value: float, lr: float, what: str = "loss") -> None:
+    def _timed_save(self, clock: "_Clock", save, *args) -> None:
+        t0 = time.monotonic()
+        save(*args)
+        clock.save_done(time.monotonic() - t0)
+
+    def _nothing_to_do(self, stopped: str) -> dict:
+        """The run is already past its limits: one line, and latest rewritten only to
+        record a corpus change (so `charrnn info` shows the corpus it will train on)."""
+        saved = False
+        if self.data_changed:
+            self.save_latest(stopped)
+            saved = True
+        if self.rank0:
+            limit = {"max_iters": f"--max-iters {self.tcfg.max_iters}",
+                     "max_epochs": f"{self.tcfg.epoch_limit} epochs"
+                     + ("" if self.tcfg.max_epochs else " (the cap of a run that names no "
+                        "limit)"),
+                     "max_time": "--max-time"}[stopped]
+            extra = "; the new corpus is recorded in latest" if saved else ""
+            console.log(f"nothing to do: {self.run_dir} is at iteration {self.iteration}, "
+                        f"epoch {self.epoch_float():.2f}, and has reached {limit}; give "
+                        f"--max-time, --max-iters or a higher --max-epochs to train "
+                        f"further{extra}")
+        summary = self._summary(stopped, self.iteration, time.monotonic())
+        summary["saved"] = saved
+        summary["nothing_to_do"] = True
+        return summary
+
+    def _progress_bar(self, clock: "_Clock"):
+        """A terminal bar: seconds of --max-time, else iterations out of the run's
+        length when it is known (--max-iters, the epoch cap), else a plain counter."""
+        from .schedule import total_iterations
+
+        t = self.tcfg
+        if t.max_time:
+            tq = console.progress(total=max(1, round(clock.max_time)), desc="train", unit="s")
+        else:
+            total = total_iterations(t, self.bpe)
+            tq = console.progress(total=total, desc="train", unit="it",
+                                  initial=self.iteration if total else 0)
+        return None if tq is None else _Bar(tq, by_time=bool(t.max_time))
+
+    def _publish(self) -> None:
+        from .fsutil import publish_copy
+
+        self._publish_pending = False
+        publish_copy(self.best_path, self.opts.publish)
+
+    def _diverged(self, value: float, lr: float, iteration: int, what: str = "loss") -> None:
         kept = (f"the last good checkpoint {self.latest_path} is kept"
                 if self.latest_path.exists() else "no checkpoint was written")
         raise TrainingDiverged(
-            f"{what} became {value} at iteration {self.iteration + 1}; {kept}; "
+            f"{what} became {value} at iteration {iteration}; {kept}; "
             f"try a lower --lr (it was {lr:g})")
 
     def _report(self, rec: dict, bar) -> None:
@@ -738,7 +1018,7 @@ class Trainer:
         line = (f"iter {rec['iter']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f}"
                 f"{val} lr {rec['lr']:.3g} {rec['chars_per_sec']:,.0f} chars/s")
         if bar is not None:
-            bar.write(line, file=__import__("sys").stderr)
+            bar.write(line)
         else:
             console.log(line)
 
@@ -762,6 +1042,7 @@ class Trainer:
             "best_iteration": self.best_iter,
             "latest": str(self.latest_path),
             "best": str(self.best_path),
+            "saved": True,
         }
 
 
@@ -778,8 +1059,6 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
     # MPI: every rank builds its trainer; if that fails on any rank, all stop together.
     with (comm.together() if comm is not None else contextlib.nullcontext()):
         trainer = Trainer(mcfg, tcfg, opts)
-    if comm is not None:
-        console.log(comm.describe(trainer.tcfg.batch_size, opts.threads))
     return trainer.run()
 
 

@@ -88,7 +88,9 @@ def test_total_iterations():
     assert total_iterations(cfg(max_iters=0, max_epochs=3), 40) == 120
     assert total_iterations(cfg(max_iters=100, max_epochs=3), 40) == 100
     assert total_iterations(cfg(max_iters=500, max_epochs=3), 40) == 120
-    assert total_iterations(cfg(max_iters=0, max_epochs=0), 40) is None
+    # no limit at all: the default epoch cap; a time budget alone: no length in updates
+    assert total_iterations(cfg(max_iters=0, max_epochs=0), 40) == 10 * 40
+    assert total_iterations(cfg(max_iters=0, max_epochs=0, max_time=60.0), 40) is None
     assert total_iterations(cfg(max_iters=0, max_epochs=2), None) is None
 
 

@@ -6,9 +6,10 @@ import contextlib
 import click
 
 from ..cli import json_option, threads_option, use_threads
+from ._dataopts import data_config, data_options
 from ..clitypes import Duration, FiniteFloat
-from ..config import CELLS, GRU_RESET, LOW_MEMORY_TIME, NONLINEARITIES, OPTIMIZERS, SCHEDULES, \
-    ModelConfig, TrainConfig
+from ..config import CELLS, DEFAULT_MAX_EPOCHS, GRU_RESET, LOW_MEMORY_TIME, NONLINEARITIES, \
+    OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
 
 M, TR = ModelConfig, TrainConfig
 _INT = click.IntRange
@@ -54,10 +55,15 @@ OPTIONS = [
     (("--clip-value",), "train", "clip_value", FiniteFloat(0),
      "Clip each gradient element (0 = off)."),
     # length
-    (("--max-iters",), "train", "max_iters", _INT(0), "Stop after this many iterations (0 = no limit)."),
-    (("--max-epochs",), "train", "max_epochs", _INT(0), "Stop after this many epochs (0 = no limit)."),
+    (("--max-iters",), "train", "max_iters", _INT(0),
+     "Stop at this iteration, counted over the whole run (0 = no limit)."),
+    (("--max-epochs",), "train", "max_epochs", _INT(0),
+     f"Stop after this many epochs (0 = no limit; {DEFAULT_MAX_EPOCHS} when no limit at all "
+     "is given)."),
     (("--max-time",), "train", "max_time", Duration(),
-     "Wall-clock budget of this run, e.g. 30m, 2h (0 = none)."),
+     "Time budget of this command, e.g. 30m, 2h: it counts from the first step (data "
+     "preparation and first-run compilation are not counted) and includes the last "
+     "evaluation and save (0 = none)."),
     (("--eval-every",), "train", "eval_every", _INT(1), "Validate every N iterations."),
     (("--save-every",), "train", "save_every", _INT(0),
      "Save latest every N iterations (0 = at every evaluation)."),
@@ -99,6 +105,7 @@ def _model_options(f):
 @click.option("--grow-vocab", is_flag=True,
               help="Extend the model's vocabulary with new characters of the data.")
 @_model_options
+@data_options
 @threads_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
@@ -117,6 +124,16 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
     exits 130 (143).
 
     \b
+    How long it runs: --max-iters and --max-epochs count over the whole run, --max-time
+    is a budget for this command. A command that names any of the three sets all three
+    (those it leaves out are off); one that names none keeps the run's own limits, and
+    a new run that names none stops after 10 epochs. So the same cron line with
+    --max-time 50m trains 50 more minutes every night.
+    On resume, --lr, --schedule, --warmup-iters, --clip, --weight-decay, --dropout and
+    the other optimisation options may change (each change is logged); options that
+    change the model's shape or the data need --restart.
+
+    \b
     Examples:
       charrnn train data/ -o run/ --max-time 30m
       charrnn train notes.txt -o run/ --layers 3 --hidden 512 --dropout 0.2
@@ -125,7 +142,7 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
     """
     from .. import console
 
-    console.configure(quiet=quiet, log_file=log_file)
+    console.configure(quiet=quiet, log_file=_check_log_file(log_file))
     _stop_cleanly_before_training()
     if data is None and corpus is None:
         raise click.UsageError("give DATA (a prepared directory, a text file or a folder) "
@@ -139,6 +156,7 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
             explicit[(section, name)] = values[name]
     mvals = {n: values[n] for _f, s, n, _t, _h in OPTIONS if s == "model"}
     tvals = {n: values[n] for _f, s, n, _t, _h in OPTIONS if s == "train"}
+    data_cfg, data_explicit = data_config(ctx, values)
     mcfg = ModelConfig(**mvals)
     tcfg = TrainConfig(**tvals)
     mcfg.validate()
@@ -151,7 +169,7 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
         console.configure(quiet=True, log_file=None)       # rank 0 alone logs
     with (comm.guard() if comm is not None else contextlib.nullcontext()):
         summary = _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads,
-                       as_json, explicit, mcfg, tcfg, comm)
+                       as_json, explicit, mcfg, tcfg, comm, data_cfg, data_explicit)
     if comm is None or comm.rank == 0:
         if as_json:
             _emit(summary)
@@ -167,7 +185,7 @@ def _emit(rec: dict) -> None:
 
 
 def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads, as_json,
-         explicit, mcfg, tcfg, comm) -> dict:
+         explicit, mcfg, tcfg, comm, data_cfg=None, data_explicit=frozenset()) -> dict:
     """Lock, resolve the data and train.  Under MPI (``comm``) the set-up steps run on
     every rank inside :meth:`Comm.together`, so a failure on one rank (the lock is held,
     the data is bad) stops every rank with one Error line instead of a hang; rank 0
@@ -186,8 +204,10 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
         if comm is not None and threads is None and not os.environ.get("CHARRNN_THREADS"):
             threads = comm.default_threads()        # the host's cores shared by its ranks
         n_threads = use_threads(threads)
-        if run.exists() and not run.is_dir():
-            raise InputError(f"{run}: exists and is not a directory")
+        if publish is not None and rank0:
+            from ..fsutil import check_publish_target
+
+            check_publish_target(publish)
     from ..lock import RunLock
     from ..runs import resolve_training_data
     from ..train import RunOptions, train
@@ -200,7 +220,8 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
                 lock.acquire()
             if rank0:       # the other ranks wait in together()'s exchange meanwhile
                 data_dir = resolve_training_data(data, corpus, run, restart=restart,
-                                                 grow_vocab=grow_vocab)
+                                                 grow_vocab=grow_vocab, data_cfg=data_cfg,
+                                                 data_explicit=data_explicit)
         if comm is not None:
             data_dir = comm.bcast(data_dir)
         opts = RunOptions(run_dir=run, data_dir=data_dir, restart=restart, init_from=init_from,
@@ -211,6 +232,22 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_log_file(path):
+    """--log-file must be appendable before anything runs: a cron job whose stderr goes
+    nowhere has only this file to tell it what happened."""
+    if path is None:
+        return None
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        from ..errors import InputError
+
+        raise InputError(f"--log-file {path}: cannot append to it ({e.strerror or e})") \
+            from None
+    return path
 
 
 def _stop_cleanly_before_training() -> None:
@@ -237,7 +274,9 @@ def _print_summary(s: dict) -> None:
     def lb(loss, bpc):
         return "n/a" if loss is None else f"{loss:.4f} (bpc {bpc:.3f})"
 
-    reason = {"max_iters": "reached --max-iters", "max_epochs": "reached --max-epochs",
+    if s.get("nothing_to_do"):
+        return                       # train() said why in one line
+    reason = {"max_iters": "reached --max-iters", "max_epochs": "reached the epoch limit",
               "max_time": "reached --max-time", "patience": "early stopping"}.get(
         s["stopped"], s["stopped"] or "done")
     console.log(
