@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import signal
 import sys
 
 import click
@@ -94,7 +93,7 @@ def _quiet_broken_pipe() -> int:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-    return 128 + signal.SIGPIPE
+    return ExitStatus.SIGPIPE
 
 
 def main(argv=None) -> None:

@@ -64,8 +64,10 @@ def warn(msg: str) -> None:
     log(f"Warning: {msg}")
 
 
-def progress(total=None, desc: str = "", unit: str = "it", initial: int = 0):
-    """A tqdm bar on a terminal, or None (then the caller logs plain lines)."""
+def progress(total=None, desc: str = "", unit: str = "it", initial: int = 0,
+             delay: float = 0.0, **tqdm_options):
+    """A tqdm bar on a terminal, or None (then the caller logs plain lines).  ``delay``:
+    show it only once that many seconds have passed (work that ends sooner shows none)."""
     if _settings["quiet"] or not stderr_is_tty():
         return None
     import os
@@ -80,4 +82,4 @@ def progress(total=None, desc: str = "", unit: str = "it", initial: int = 0):
     # 80-column bar instead of tqdm's zero-width one.
     sizing = {"dynamic_ncols": True} if width > 0 else {"ncols": 80}
     return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=sys.stderr,
-                leave=False, **sizing)
+                leave=False, delay=delay, **sizing, **tqdm_options)

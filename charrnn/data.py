@@ -486,12 +486,9 @@ def _progress(total: int, desc: str, show: bool):
     if not show:
         return None
     from . import console
-    bar = console.progress(total=total, desc=desc, unit="B")
-    if bar is not None:
-        bar.unit_scale = True
-        bar.unit_divisor = 1024
-        bar.refresh()
-    return bar
+    # shown only for an input that takes more than a second
+    return console.progress(total=total, desc=desc, unit="B", delay=1.0, unit_scale=True,
+                            unit_divisor=1024)
 
 
 def _install(tmp: Path, out: Path, state: str) -> None:

@@ -19,6 +19,7 @@ class ExitStatus(enum.IntEnum):
     TEMPFAIL = 75      # EX_TEMPFAIL (sysexits.h): another run holds the lock; try later
     SIGINT = 130       # 128 + SIGINT: interrupted with Ctrl-C
     SIGTERM = 143      # 128 + SIGTERM: terminated
+    SIGPIPE = 141      # 128 + SIGPIPE: stdout's reader went away (`| head`), quietly
 
 
 class CharrnnError(Exception):

@@ -422,3 +422,31 @@ def test_time_bar_for_max_time(tmp_path, base_run):
                                      "--max-time", "3s"], 0)
     assert code == 0, screen
     assert re.search(r"\b[0-3]/3 ", screen), screen
+
+
+# ---------------------------------------------------------------------- documents, text in
+
+def test_readme_exit_code_table_lists_every_code():
+    from charrnn.errors import ExitStatus
+
+    text = README.read_text()
+    table = text[text.index("| exit code | meaning |"):]
+    table = table[:table.index("\n\n")]
+    listed = {int(n) for row in re.findall(r"^\| ([\d /]+) \|", table, re.M)
+              for n in row.split("/")}
+    assert listed == {int(c) for c in ExitStatus}
+
+
+def test_train_on_text_takes_prepares_data_options(tmp_path):
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text(make_text(6000, seed=4).upper(), encoding="utf-8")
+    r = run_cli("train", corpus, "-o", tmp_path / "run", *TINY, "--max-iters", "2",
+                "--val-frac", "0.2", "--lowercase")
+    assert r.returncode == 0, r.stderr
+    assert "data 4,800 training chars" in r.stderr and "1,200 validation" in r.stderr
+    assert not any(c.isupper() for c in _info(tmp_path / "run" / "best.safetensors")["vocab"]
+                   ["preview"] if c.isalpha())
+    # the same command resumes; a different data option needs --restart
+    r = run_cli("train", corpus, "-o", tmp_path / "run", "--max-iters", "3",
+                "--val-frac", "0.1")
+    assert r.returncode == 1 and "add --restart" in _errors(r.stderr)[0], r.stderr

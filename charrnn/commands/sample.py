@@ -13,23 +13,28 @@ SC = SampleConfig
 
 
 def _read_prime_file(path: str) -> str:
+    """The prime text of --prime-file, decoded by the rule prepare and eval use (UTF-8, a
+    leading byte order mark dropped, NUL bytes refused)."""
+    from ..data import decode_stream
     from ..errors import InputError
 
+    def chunks(f):
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                return
+            yield block
+
+    name = "standard input" if path == "-" else path
     try:
         if path == "-":
-            raw = sys.stdin.buffer.read()
-            name = "standard input"
+            parts = [text for _raw, text in decode_stream(chunks(sys.stdin.buffer), name)]
         else:
             with open(path, "rb") as f:
-                raw = f.read()
-            name = path
+                parts = [text for _raw, text in decode_stream(chunks(f), name)]
     except OSError as e:
         raise InputError(f"cannot read prime file {path}: {e.strerror or e}") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"prime file {name} is not valid UTF-8 (byte offset {e.start})") \
-            from None
+    return "".join(parts)
 
 
 def fresh_seed() -> int:
