@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,6 +26,14 @@ NONLINEARITIES = ("tanh", "relu")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
+
+# The ranges of a model's sizes, in one place: ModelConfig.validate (so every checkpoint
+# that is read) and the options of ``charrnn train`` (--layers, --hidden, --embed).
+MAX_LAYERS = 64
+MAX_HIDDEN = 16384
+MAX_EMBED = 16384
+#: every Unicode code point can be a symbol (the unknown symbol is one of them too)
+MAX_VOCAB = 0x110000
 
 
 class _Config:
@@ -63,6 +72,18 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _shown(v, limit: int = 40) -> str:
+    """repr(v), cut to ``limit`` characters (a crafted value may be a megabyte long)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_int(name: str, v, lo: int, hi: int) -> None:
+    """``v`` is an integer (not a bool, not a float such as 5.0 or 1e100) in [lo, hi]."""
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi
+    _check(ok, f"{name} must be an integer in [{lo}, {hi}] (got {_shown(v)})")
+
+
 @dataclass
 class ModelConfig(_Config):
     # Recurrent cell: "lstm" (gates i,f,g,o as in PyTorch), "gru" (r,z,n) or "rnn" (Elman).
@@ -98,17 +119,23 @@ class ModelConfig(_Config):
     dtype: str = "float32"
 
     def validate(self) -> None:
+        """Types and ranges of every field (a checkpoint's config is untrusted input:
+        bools, floats, strings and out-of-range sizes are refused here, before anything
+        is built from them)."""
+        for name in ("cell", "gru_reset", "nonlinearity", "dtype"):
+            v = getattr(self, name)
+            _check(isinstance(v, str), f"{name} must be a string (got {_shown(v)})")
         _check(self.cell in CELLS, f"cell must be one of {', '.join(CELLS)} (got {self.cell!r})")
-        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 0,
-               f"vocab_size must be >= 0 (got {self.vocab_size})")
-        _check(isinstance(self.hidden_size, int) and self.hidden_size >= 1,
-               f"hidden_size must be >= 1 (got {self.hidden_size})")
-        _check(isinstance(self.num_layers, int) and self.num_layers >= 1,
-               f"num_layers must be >= 1 (got {self.num_layers})")
-        _check(isinstance(self.embed_size, int) and self.embed_size >= 0,
-               f"embed_size must be >= 0 (got {self.embed_size})")
-        _check(_finite(self.dropout) and 0.0 <= self.dropout < 1.0,
-               f"dropout must be in [0, 1) (got {self.dropout})")
+        _check_int("vocab_size", self.vocab_size, 0, MAX_VOCAB)
+        _check_int("hidden_size", self.hidden_size, 1, MAX_HIDDEN)
+        _check_int("num_layers", self.num_layers, 1, MAX_LAYERS)
+        _check_int("embed_size", self.embed_size, 0, MAX_EMBED)
+        _check(not isinstance(self.dropout, bool) and _finite(self.dropout)
+               and 0.0 <= self.dropout < 1.0,
+               f"dropout must be a number in [0, 1) (got {_shown(self.dropout)})")
+        for name in ("peepholes", "residual"):
+            v = getattr(self, name)
+            _check(isinstance(v, bool), f"{name} must be true or false (got {_shown(v)})")
         _check(self.gru_reset in GRU_RESET,
                f"gru_reset must be one of {', '.join(GRU_RESET)} (got {self.gru_reset!r})")
         _check(self.nonlinearity in NONLINEARITIES,
@@ -311,5 +338,6 @@ class SampleConfig(_Config):
 
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "SampleConfig", "DEFAULT_MAX_EPOCHS",
+           "MAX_LAYERS", "MAX_HIDDEN", "MAX_EMBED", "MAX_VOCAB",
            "LENGTH_LIMITS", "CELLS", "GRU_RESET",
            "NONLINEARITIES", "DTYPES", "OPTIMIZERS", "SCHEDULES", "field"]

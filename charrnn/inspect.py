@@ -1,7 +1,8 @@
-"""What a checkpoint (or a run directory) holds, without loading the tensors.
+"""What a checkpoint (or a run directory) holds.
 
-:func:`checkpoint_info` reads the header (:func:`charrnn.checkpoint.read_header`: every
-structural check, no tensor decoding) and returns a JSON-able dict::
+:func:`checkpoint_info` runs the same checks as loading
+(:func:`charrnn.checkpoint.inspect_header`: the header, config, vocabulary, train_state
+and every parameter's name, dtype and shape) and returns a JSON-able dict::
 
     {"path", "file_bytes", "format", "format_version", "kind", "created",
      "charrnn_version", "config": {...}, "params": int, "tensors": int,
@@ -14,9 +15,11 @@ structural check, no tensor decoding) and returns a JSON-able dict::
      "run_dir": str | null, "metrics": {"count", "recent": [...], "val_loss": [...],
                                         "train_loss": [...]} | null}
 
-With ``verify`` (the default) every tensor's checksum is checked too, so a flipped
-byte anywhere is an error; ``verify=False`` reads only the header.
-Missing keys in train_state or metrics lines are tolerated (shown as null).
+With ``verify`` (the default) the tensors are read too: every checksum is checked and
+every value must be finite, so "verified" means the file loads; ``verify=False`` reads
+only the header (still every check above).  Missing keys in train_state or metrics
+lines are tolerated (shown as null).  :func:`json_safe` turns NaN and infinities (which
+metrics lines and a train_state may hold) into null, so ``--json`` output is strict JSON.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import json
 import math
 from pathlib import Path
 
-from .errors import CharrnnError, CheckpointError
+from .errors import CharrnnError
 
 LN2 = math.log(2.0)
 METRICS_NAME = "metrics.jsonl"
@@ -69,17 +72,6 @@ def vocab_preview(vocab, limit: int = PREVIEW_CHARS) -> str:
     return text
 
 
-def _json_meta(path, meta: dict, key: str):
-    raw = meta.get(key)
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise CheckpointError(f"{path}: checkpoint is corrupt: its {key!r} metadata is "
-                              "not JSON") from None
-
-
 def corpus_digest(sources) -> str | None:
     """One sha256 for the training text: the source's own sha256 when there is one
     source, else the sha256 of the sources' "path sha256" lines in order."""
@@ -98,6 +90,8 @@ def corpus_digest(sources) -> str | None:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The records of RUN_DIR/metrics.jsonl (unreadable lines are skipped)."""
+    from .checkpoint import MAX_JSON_DEPTH, json_depth
+
     p = Path(run_dir) / METRICS_NAME
     out = []
     try:
@@ -108,9 +102,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
                     continue
                 try:
                     rec = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
-                if isinstance(rec, dict):
+                if isinstance(rec, dict) and json_depth(rec, MAX_JSON_DEPTH) <= MAX_JSON_DEPTH:
                     out.append(rec)
     except OSError:
         return []
@@ -132,36 +126,43 @@ def metrics_summary(records: list[dict], recent: int = RECENT) -> dict:
     }
 
 
+def json_safe(obj):
+    """``obj`` with every non-finite float (NaN, Infinity) replaced by None and every
+    lone surrogate in a string (a checkpoint's metadata may hold them) written as its
+    ``\\udcXX`` escape, containers copied: what ``json.dumps(..., allow_nan=False)``
+    accepts and what a UTF-8 stdout can print."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {json_safe(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def checkpoint_info(path, latest: bool = False, verify: bool = True) -> dict:
     """See the module docstring."""
-    from .checkpoint import read_checkpoint, read_header
-    from .config import ModelConfig
-    from .model import Model
-    from .vocab import Vocab
+    from .checkpoint import inspect_header, read_checkpoint
 
-    p, meta, entries = read_header(path, latest)
-    if verify:
-        read_checkpoint(p)
-    cfg_dict = _json_meta(p, meta, "config")
-    if not isinstance(cfg_dict, dict):
-        raise CheckpointError(f"{p}: checkpoint is corrupt: it has no model config")
-    try:
-        cfg = ModelConfig.from_dict(cfg_dict)
-    except (CharrnnError, TypeError) as e:
-        raise CheckpointError(f"{p}: invalid model config: {e}") from None
-    layout = Model._make_layout(cfg)
-    names = {n for n, _ in layout}
-    params = sum(math.prod(shape) for _, shape in layout)
+    if verify:       # every check loading makes, the tensors' checksums and values too
+        h = read_checkpoint(path, latest, model=False).header
+    else:
+        h = inspect_header(path, latest)
+    p, meta, entries, cfg = h.path, h.metadata, h.entries, h.config
+    names = set(h.param_names)
+    params = h.num_params
     vocab = None
-    vd = _json_meta(p, meta, "vocab")
-    if vd is not None:
-        try:
-            v = Vocab.from_dict(vd)
-        except (CharrnnError, TypeError, ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{p}: invalid vocabulary: {e}") from None
+    if h.vocab is not None:
+        v = h.vocab
         vocab = {"size": len(v), "chars": len(v.chars), "unk": v.unk,
                  "preview": vocab_preview(v)}
-    ts = _json_meta(p, meta, "train_state")
+    ts = h.train_state
     training = None
     if isinstance(ts, dict):
         best = _num(ts.get("best_val_loss"))
@@ -183,10 +184,7 @@ def checkpoint_info(path, latest: bool = False, verify: bool = True) -> dict:
             "train_config": ts.get("train_config") if isinstance(ts.get("train_config"),
                                                                  dict) else None,
         }
-    try:
-        size = p.stat().st_size
-    except OSError:
-        size = None
+    size = h.file_bytes
     run_dir = Path(path) if Path(path).is_dir() else None
     metrics = None
     if run_dir is not None:
@@ -197,7 +195,7 @@ def checkpoint_info(path, latest: bool = False, verify: bool = True) -> dict:
         "path": str(p),
         "file_bytes": size,
         "format": meta.get("format"),
-        "format_version": int(meta.get("format_version", "0")),
+        "format_version": int(meta["format_version"]),
         "kind": meta.get("kind", "model"),
         "created": meta.get("created"),
         "charrnn_version": meta.get("charrnn_version"),
@@ -264,5 +262,5 @@ def plot_png(info: dict, path) -> None:
     plt.close(fig)
 
 
-__all__ = ["checkpoint_info", "read_metrics", "metrics_summary", "sparkline",
+__all__ = ["checkpoint_info", "json_safe", "read_metrics", "metrics_summary", "sparkline",
            "format_duration", "vocab_preview", "plot_png"]

@@ -19,6 +19,7 @@ from charrnn.model import Model
 from charrnn.vocab import Vocab
 
 TEXT = "hello world\n"
+RNG_STATE = np.random.PCG64(7).state       # a train_state's "rng": a real PCG64 state
 
 
 def _vocab():
@@ -45,8 +46,8 @@ def saved(tmp_path, model):
     run = tmp_path / "run"
     run.mkdir()
     path = run / BEST_NAME
-    train_state = {"iteration": np.int64(40), "epoch": 1.25, "best_val_loss": float("inf"),
-                   "rng": {"state": 2 ** 100 + 7, "inc": 3}, "history": [1.5, 1.25]}
+    train_state = {"iteration": np.int64(40), "epoch": 1, "best_val_loss": float("inf"),
+                   "rng": RNG_STATE, "history": [1.5, 1.25]}
     extras = {"optim.exp_avg": np.arange(model.num_params, dtype=np.float32),
               "state.h": np.linspace(0, 1, 6).reshape(2, 3),           # (B, H) float64
               "data.positions": np.array([3, 5, 8], dtype=np.int64)}
@@ -111,8 +112,8 @@ def test_training_round_trip_keeps_state_and_dtypes(saved, model):
     path, train_state, extras = saved
     ck = read_checkpoint(path.parent)
     assert ck.path == path and ck.kind == "training"
-    assert ck.train_state == {"iteration": 40, "epoch": 1.25, "best_val_loss": float("inf"),
-                              "rng": {"state": 2 ** 100 + 7, "inc": 3}, "history": [1.5, 1.25]}
+    assert ck.train_state == {"iteration": 40, "epoch": 1, "best_val_loss": float("inf"),
+                              "rng": RNG_STATE, "history": [1.5, 1.25]}
     for name, arr in extras.items():
         assert ck.tensors[name].dtype == arr.dtype
         np.testing.assert_array_equal(ck.tensors[name], arr)
@@ -318,10 +319,11 @@ def test_future_format_version(tmp_path, saved):
 def test_missing_and_misshaped_tensors(tmp_path, saved, model):
     path, _, _ = saved
     p = _rewrite(path, tmp_path / "miss.safetensors", tensors={"head.bias": None})
-    ck = read_checkpoint(p)                               # consistent file, wrong content
-    with pytest.raises(CheckpointError) as ei:
-        model_from_checkpoint(ck)
+    with pytest.raises(CheckpointError) as ei:            # consistent file, wrong content:
+        read_checkpoint(p)                                # refused from its header
     assert str(ei.value).startswith(f"{p}: checkpoint lacks tensor 'head.bias'")
+    with pytest.raises(CheckpointError, match="lacks tensor 'head.bias'"):
+        read_header(p)
     w = model.params["head.weight"]
     p = _rewrite(path, tmp_path / "shape.safetensors",
                  tensors={"head.weight": np.ascontiguousarray(w.T)})

@@ -31,7 +31,9 @@ def _render_to(info: dict, out, width: int, color: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(file=out, highlight=False, width=width,
+    # markup and emoji codes off: the strings shown come from the file ("[/]" in a
+    # crafted 'created' or vocabulary would be a MarkupError, "[bold]" would vanish)
+    con = Console(file=out, highlight=False, markup=False, emoji=False, width=width,
                   force_terminal=color, color_system="auto" if color else None)
     c = info["config"]
     t = Table(show_header=False, box=None, pad_edge=False)
@@ -127,16 +129,20 @@ def command(ckpt, latest, verify, plot, as_json):
     \b
     CKPT: a checkpoint file, or a run directory (its best, or latest with --latest);
     a run directory also shows its recent metrics.jsonl records and loss curves.
-    Every checksum is checked unless --no-verify (then only the header is read).
+    Every check of loading is made (config, vocabulary, each tensor's name, dtype and
+    shape), and every checksum and value unless --no-verify (then only the header is
+    read): "checksums verified" means the file loads.
     """
-    from ..inspect import checkpoint_info, plot_png
+    from ..inspect import checkpoint_info, json_safe, plot_png
 
-    info = checkpoint_info(ckpt, latest=latest, verify=verify)
+    info = json_safe(checkpoint_info(ckpt, latest=latest, verify=verify))
     if plot:
         plot_png(info, plot)
     if as_json:
         import json
 
-        sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
+        # NaN/Infinity (a metrics line may hold them) become null: strict JSON only
+        sys.stdout.write(json.dumps(info, ensure_ascii=False, allow_nan=False)
+                         + "\n")
     else:
         _render(info, sys.stdout)
