@@ -96,6 +96,22 @@ def _quiet_broken_pipe() -> int:
     return ExitStatus.SIGPIPE
 
 
+#: what to lower when a command runs out of memory: options that command has
+_MEMORY_HINTS = {
+    "train": "a smaller --batch-size, --seq-len or --hidden, or --low-memory",
+    "sample": "fewer --num-samples",
+    "eval": "fewer --streams",
+    "prepare": "fewer or smaller inputs",
+}
+
+
+def _out_of_memory(argv) -> str:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if a in _MEMORY_HINTS), None)
+    hint = f" (try {_MEMORY_HINTS[command]})" if command else ""
+    return f"out of memory{hint}"
+
+
 def main(argv=None) -> None:
     """Console-script entry point; exits with the codes of :class:`ExitStatus`."""
     debug = _debug_requested(argv)
@@ -140,7 +156,7 @@ def main(argv=None) -> None:
     except MemoryError:
         if debug:
             raise
-        _error_line("out of memory (try a smaller --batch-size, --seq-len or --hidden)")
+        _error_line(_out_of_memory(argv))
         code = ExitStatus.ERROR
     except Exception as e:  # a bug: still one line, with the way to see more
         if debug:

@@ -219,6 +219,7 @@ class Sampler:
         out_ids = np.zeros((self.N, max(n_steps, 1)), np.int64)             # (N, S)
         out_lp = np.zeros((self.N, max(n_steps, 1)), np.float64)            # (N, S)
         if n_steps > 0:
+            self._check_start()
             args = (*self.w.args(), self.blas, *self.w.arrays(), self.h, self.c, self.cur,
                     forced, int(n_forced), int(bool(score_forced)), int(n_steps),
                     self.temperature, self.top_k, self.top_p, self.greedy, self.rng,
@@ -234,6 +235,11 @@ class Sampler:
             else:
                 self._k._generate_kernel(*args)
         return out_ids[:, :n_steps], out_lp[:, :n_steps]
+
+    def _check_start(self) -> None:
+        """The ids the kernel reads first must index the weights, whatever a checkpoint
+        claims (a bad id would read outside them)."""
+        self._check_ids(self.cur)
 
     def prime_streams(self, ids) -> None:
         """Feed ids (N, P) (stream n gets row n); afterwards the next draw is from the
@@ -252,15 +258,29 @@ class Sampler:
     def prime(self, ids) -> None:
         """Feed the same ids (P,) to every stream: run once on a single stream (with that
         stream's matrix-product mode) and copy the state to all N."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)                # (1, P)
-        if self.N == 1 or ids.shape[1] < 2:
-            self.prime_streams(np.repeat(ids, self.N, axis=0))
+        self.prime_pieces([ids])
+
+    def prime_pieces(self, pieces) -> None:
+        """:meth:`prime` with the ids given as successive arrays, each fed in pieces of
+        at most PRIME_PIECE: memory stays bounded however long the prime is."""
+        if self.N > 1:
+            one = Sampler(self.model, 1, blas=auto_blas(self.model.config.hidden_size, 1))
+            one.prime_pieces(pieces)
+            self.h[...] = one.h                                             # (L, N, H)
+            self.c[...] = one.c
+            self.cur[:] = one.cur[0]
             return
-        one = Sampler(self.model, 1, blas=auto_blas(self.model.config.hidden_size, 1))
-        one.prime_streams(ids)
-        self.h[...] = one.h                                                 # (L, N, H)
-        self.c[...] = one.c
-        self.cur[:] = one.cur[0]
+        started = False
+        for ids in pieces:
+            ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)            # (1, P)
+            for a in range(0, ids.shape[1], PRIME_PIECE):
+                piece = np.ascontiguousarray(ids[:, a:a + PRIME_PIECE])     # (1, p)
+                if not started:
+                    self.prime_streams(piece)
+                    started = True
+                else:                     # cur is fed first, then all of the piece
+                    self._check_ids(piece)
+                    self._run(piece, piece.shape[1], False, piece.shape[1])
 
     def generate(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self._run(self._no_forced, 0, False, int(n))
@@ -286,6 +306,8 @@ class Sampler:
 
 #: fewest streams a thread of the generation loop gets
 STREAMS_PER_THREAD = 4
+#: prime ids fed per kernel call (a long --prime-file is read in pieces of this many)
+PRIME_PIECE = 1 << 16
 
 
 def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
@@ -353,6 +375,8 @@ class SampleResult:
 
     def to_json(self) -> dict:
         mlp = self.mean_logprob
+        if mlp is not None and not np.isfinite(mlp):
+            mlp = None               # JSON has no NaN or Infinity
         return {"sample": self.index, "prime": self.prime, "text": self.text,
                 "chars": self.chars,
                 "mean_logprob": None if mlp is None else round(mlp, 6),
@@ -393,16 +417,26 @@ def encode_prime(vocab, prime: str, warn=None) -> np.ndarray:
     (:meth:`Vocab.normalize`: lower-cased after ``prepare --lowercase``): VocabError naming
     unknown characters, or, with an unknown symbol in the vocabulary, those mapped to it
     and a warning through ``warn``."""
-    if not prime:
-        return np.zeros(0, np.int64)
-    prime = vocab.normalize(prime)
-    n_unknown = vocab.count_unknown(prime) if vocab.unk is not None else 0
-    ids = vocab.encode(prime, what="prime text").astype(np.int64)
+    pieces = list(_prime_pieces(vocab, prime, warn))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+
+
+def _prime_pieces(vocab, prime: str, warn=None):
+    """The ids of ``prime`` (see :func:`encode_prime`), a piece of PRIME_PIECE characters
+    at a time; one warning at the end for characters read as the unknown symbol."""
+    n_unknown, missing = 0, set()
+    for a in range(0, len(prime), PRIME_PIECE):
+        text = vocab.normalize(prime[a:a + PRIME_PIECE])
+        if vocab.unk is not None:
+            n = vocab.count_unknown(text)
+            if n:
+                n_unknown += n
+                missing.update(vocab.missing(text))
+        yield vocab.encode(text, what="prime text").astype(np.int64)
     if n_unknown and warn is not None:
-        shown = ", ".join(repr(c) for c in vocab.missing(prime)[:5])
+        shown = ", ".join(repr(c) for c in sorted(missing)[:5])
         warn(f"prime text has {n_unknown} character(s) not in the model's vocabulary "
              f"({shown}); they are read as the unknown symbol")
-    return ids
 
 
 def generate_text(model, length: int, prime: str = "", num_samples: int = 1,
@@ -424,9 +458,8 @@ def generate_text(model, length: int, prime: str = "", num_samples: int = 1,
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1 (got {chunk})")
     vocab = model.vocab
-    ids = encode_prime(vocab, prime, warn)
     s = Sampler(model, num_samples, temperature, top_k, top_p, greedy, seed, blas)
-    s.prime(ids)
+    s.prime_pieces(_prime_pieces(vocab, prime, warn))
     return _events(s, vocab, length, prime, stop, chunk)
 
 

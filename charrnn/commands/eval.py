@@ -1,6 +1,7 @@
 """``charrnn eval CKPT [INPUT ...]``: loss, bits per character and perplexity of text."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -172,9 +173,14 @@ def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, a
         what = {"data": str(data_dir), "split": split}
         if score.chars == 0:
             raise InputError(f"nothing to score: the {split} split of {data_dir} is empty")
+    if not math.isfinite(score.nll):
+        raise InputError(f"the model's loss on this text is not a finite number "
+                         f"({score.nll / max(score.chars, 1)}): its weights overflow; "
+                         "the checkpoint is unusable")
     if as_json:
         import json
 
-        out.write(json.dumps({**score.to_json(), **what}, ensure_ascii=False) + "\n")
+        out.write(json.dumps({**score.to_json(), **what}, ensure_ascii=False,
+                             allow_nan=False) + "\n")
     else:
         out.write(score.line() + "\n")
