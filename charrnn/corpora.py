@@ -20,9 +20,14 @@ The registry is ``corpora/registry.json`` at the top of the source tree (next to
   a mismatch discards the download.  Entries whose hash could not be computed when the
   registry was written have ``"sha256": null``: the hash of the first download is then
   recorded in ``CACHE/NAME/source.json`` and printed as a warning ("trust on first
-  use").  Before downloading, ``$CHARRNN_CORPORA_DIR/NAME.txt`` (or the member's name)
-  is used if it exists: a local copy, checked against ``sha256`` when the registry's hash
-  is of that same file (plain-text entries).
+  use").  ``source.json`` also records the sha256 of the cached text itself
+  (``file_sha256``; the unpacked member for zip/gz), and the cached text is checked
+  against it (and against the registry's ``sha256`` for plain-text entries) on every
+  use: a cache that was changed after the download is a CorpusError, never used.
+  Before downloading, ``$CHARRNN_CORPORA_DIR/NAME.txt`` (or the member's name) is used
+  if it exists: a local copy, checked against ``sha256`` when the registry's hash is of
+  that same file (plain-text entries); a copy the registry has no hash for is used with
+  a warning (once per process) that it is not verified.
 * ``python-stdlib``: every ``.py`` file of the running Python's standard library
   (``sysconfig.get_paths()["stdlib"]``), in sorted path order, without
   ``site-packages``/``dist-packages``, ``__pycache__`` and the test suites (``test``,
@@ -128,19 +133,81 @@ def _entry_dir(entry: dict) -> Path:
     return cache_dir() / entry["name"]
 
 
-def _cached_file(entry: dict) -> Path | None:
-    """The cached text if a complete download is there (source.json is written last)."""
+def _read_info(path: Path) -> dict | None:
+    """source.json as a dict, or None when it is missing, not a regular file, too large
+    or not a JSON object (then the download is not complete: download it again)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = os.read(fd, 1 << 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        info = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _expected_sha256(entry: dict, info: dict) -> str | None:
+    """The sha256 the cached text must have: the registry's (plain-text entries, or a
+    zip/gz entry's ``member_sha256``), else the one recorded when it was downloaded."""
+    pinned = entry.get("sha256") if entry.get("format", "txt") == "txt" \
+        else entry.get("member_sha256")
+    if pinned:
+        return pinned
+    recorded = info.get("file_sha256")
+    if recorded is None and entry.get("format", "txt") == "txt":
+        recorded = info.get("sha256")          # the downloaded file is the text itself
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def _cached_file(entry: dict, verify: bool = True) -> Path | None:
+    """The cached text if a complete download is there (source.json is written last),
+    with ``verify`` checked against its sha256 (:func:`_expected_sha256`; a cache from
+    before the text's hash was recorded gets it recorded now).  A cached text that
+    fails the check is a CorpusError: it is never used."""
+    import stat
+
     d = _entry_dir(entry)
     info_path = d / "source.json"
     target = d / _target_name(entry)
+    info = _read_info(info_path)
+    if info is None:
+        return None
     try:
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
-        if target.stat().st_size == info["file_size"]:
-            return target
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+        st = target.stat()
+    except OSError:
+        return None
+    size = info.get("file_size")
+    if not stat.S_ISREG(st.st_mode) or isinstance(size, bool) or st.st_size != size:
+        return None
+    if not verify:
+        return target
+    want = _expected_sha256(entry, info)
+    try:
+        _, got = _sha256_file(target)
+    except OSError as e:
+        raise CorpusError(f"corpus '{entry['name']}': cannot read the cached copy {target}: "
+                          f"{(e.strerror or str(e)).lower()}") from None
+    if want is None:
+        from .fsutil import atomic_write_text
+        with contextlib.suppress(OSError):
+            atomic_write_text(info_path, json.dumps(dict(info, file_sha256=got), indent=1)
+                              + "\n")
+    elif got != want:
+        raise CorpusError(f"corpus '{entry['name']}': the cached copy {target} does not match "
+                          f"its sha256 (expected {want}, got {got}): it was changed or damaged "
+                          f"after the download; delete {d} to download it again")
+    return target
 
 
 def _local_copy(entry: dict) -> Path | None:
@@ -160,31 +227,44 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return sha256_file(path)
 
 
+_warned_unverified: set[str] = set()
+
+
 def _check_local(entry: dict, path: Path) -> Path:
     fmt = entry.get("format", "txt")
     want = entry.get("sha256") if fmt == "txt" else entry.get("member_sha256")
     if want:
-        _, got = _sha256_file(path)
+        try:
+            _, got = _sha256_file(path)
+        except OSError as e:
+            raise CorpusError(f"corpus '{entry['name']}': {path}: "
+                              f"{(e.strerror or str(e)).lower()}") from None
         if got != want:
             raise CorpusError(f"corpus '{entry['name']}': {path}: sha256 mismatch (expected "
                               f"{want}, got {got}); remove the file or unset "
                               "CHARRNN_CORPORA_DIR")
+    elif str(path) not in _warned_unverified:
+        from .console import warn
+        _warned_unverified.add(str(path))
+        warn(f"corpus '{entry['name']}': using {path} from CHARRNN_CORPORA_DIR unverified "
+             "(the registry has no sha256 for it); make sure it is the text you mean")
     return path
 
 
 def _remove_stale_temps(d: Path) -> None:
+    """Remove the temporary files of downloads whose process is gone
+    (``.NAME.tmp-PID`` or ``.NAME.tmp-PID-XXXXXXXX``)."""
+    import re
+
+    from .fsutil import pid_alive
+
     with contextlib.suppress(OSError):
         for p in d.glob(".*.tmp-*"):
-            pid = p.name.rpartition("-")[2]
-            if pid.isdigit() and int(pid) != os.getpid():
-                try:
-                    os.kill(int(pid), 0)
-                    continue
-                except ProcessLookupError:
-                    pass
-                except OSError:
-                    continue
-                with contextlib.suppress(OSError):
+            m = re.search(r"\.tmp-(\d+)(?:-[A-Za-z0-9_]+)?$", p.name)
+            if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                if p.is_symlink() or p.is_file():
                     p.unlink()
 
 
@@ -295,9 +375,19 @@ def download_corpus(name: str, show_progress: bool = True) -> Path:
         raise CorpusError(f"corpus '{name}': cannot create the cache directory {d}: "
                           f"{(e.strerror or str(e)).lower()} (set CHARRNN_CACHE)") from None
     _remove_stale_temps(d)
-    pid = os.getpid()
-    part = d / f".download.tmp-{pid}"
-    unpacked = d / f".{_target_name(entry)}.tmp-{pid}"
+    import tempfile
+
+    def temp(prefix: str) -> Path:      # O_EXCL, an unpredictable name: never a planted link
+        try:
+            fd, p = tempfile.mkstemp(prefix=f"{prefix}.tmp-{os.getpid()}-", dir=d)
+        except OSError as e:
+            raise CorpusError(f"corpus '{name}': cannot write in the cache directory {d}: "
+                              f"{(e.strerror or str(e)).lower()} (set CHARRNN_CACHE)") from None
+        os.close(fd)
+        return Path(p)
+
+    part = temp(".download")
+    unpacked = temp(f".{_target_name(entry)}")
     target = d / _target_name(entry)
     try:
         size, digest = _fetch(entry, part, show_progress)
@@ -318,8 +408,10 @@ def download_corpus(name: str, show_progress: bool = True) -> Path:
             _unpack(entry, part, unpacked)
             os.replace(unpacked, target)
             os.unlink(part)
+        file_size, file_digest = (size, digest) if entry.get("format", "txt") == "txt" \
+            else _sha256_file(target)
         info = {"name": name, "url": entry["url"], "sha256": digest, "size": size,
-                "file": target.name, "file_size": target.stat().st_size,
+                "file": target.name, "file_size": file_size, "file_sha256": file_digest,
                 "verified": bool(want)}
         atomic_write_text(d / "source.json", json.dumps(info, indent=1) + "\n")
         fsync_dir(d)
@@ -376,7 +468,7 @@ def list_corpora() -> list[dict]:
         elif _local_copy(e) is not None:
             cached = "local"
         else:
-            f = _cached_file(e)
+            f = _cached_file(e, verify=False)        # listing reads no corpus whole
             cached = "yes" if f is not None else "no"
             if f is not None:
                 size = f.stat().st_size

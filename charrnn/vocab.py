@@ -138,7 +138,12 @@ class Vocab:
         unknown = set(d) - {"version", "chars", "unk", "lowercase"}
         if unknown:
             raise VocabError(f"vocabulary has unknown field(s): {', '.join(sorted(unknown))}")
-        return cls(chars, d.get("unk"), lowercase=d.get("lowercase", False))
+        unk = d.get("unk")
+        for c in chars + [unk]:
+            if isinstance(c, str) and len(c) == 1 and 0xD800 <= ord(c) <= 0xDFFF:
+                raise VocabError(f"vocabulary entry {c!r} is a lone surrogate (U+{ord(c):04X}), "
+                                 "not a character: no text holds one")
+        return cls(chars, unk, lowercase=d.get("lowercase", False))
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:

@@ -54,9 +54,12 @@ def command(ctx, inputs, corpus, output, force, list_corpora, as_json, **values)
         raise click.UsageError("give INPUT files or folders, '-' for stdin, or --corpus NAME.")
     cfg, _explicit = data_config(ctx, values)
 
-    from ..data import prepare
+    from ..data import prepare, stop_on_sigterm
 
-    summary = prepare(list(inputs), output, cfg, corpus=corpus, force=force)
+    # SIGTERM (and Ctrl-C) end prepare with one line, removing its build directory and
+    # the spool of a stream (exit 143 / 130).
+    with stop_on_sigterm("prepare"):
+        summary = prepare(list(inputs), output, cfg, corpus=corpus, force=force)
     if as_json:
         click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
     else:
