@@ -46,7 +46,7 @@ def _recorded_sources(data_dir: Path):
     try:
         with open(data_dir / "meta.json", encoding="utf-8") as f:
             return json.load(f).get("sources")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 
@@ -56,7 +56,8 @@ def _recorded_options(data_dir: Path) -> DataConfig | None:
     try:
         with open(data_dir / "meta.json", encoding="utf-8") as f:
             return DataConfig.from_dict(json.load(f)["options"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, CharrnnError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            CharrnnError):
         return None
 
 

@@ -87,17 +87,9 @@ def fmt_duration(seconds: float) -> str:
 
 
 def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    from .checkpoint import available_memory     # (a seam for the tests)
+
+    return available_memory()
 
 
 def estimate_memory(mcfg: ModelConfig, tcfg: TrainConfig) -> int:
@@ -511,6 +503,8 @@ class Trainer:
         self._check_init_from(ck)
         self.mcfg, self.tcfg, notes = merge_resumed(ck.config, saved_t, self.opts.explicit,
                                                     self.run_dir)
+        # a checkpoint's batch and sequence lengths are input too: refuse what cannot fit
+        self.tcfg = check_memory(self.mcfg, self.tcfg)
         model = model_from_checkpoint(ck)
         if self.mcfg != model.config:                  # a new --dropout
             from .model import Model

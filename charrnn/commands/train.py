@@ -8,8 +8,8 @@ import click
 from ..cli import json_option, threads_option, use_threads
 from ._dataopts import data_config, data_options
 from ..clitypes import Duration, FiniteFloat
-from ..config import CELLS, DEFAULT_MAX_EPOCHS, GRU_RESET, LOW_MEMORY_TIME, NONLINEARITIES, \
-    OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
+from ..config import CELLS, DEFAULT_MAX_EPOCHS, GRU_RESET, LOW_MEMORY_TIME, MAX_EMBED, \
+    MAX_HIDDEN, MAX_LAYERS, NONLINEARITIES, OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
 
 M, TR = ModelConfig, TrainConfig
 _INT = click.IntRange
@@ -18,9 +18,9 @@ _INT = click.IntRange
 OPTIONS = [
     # model
     (("--cell",), "model", "cell", click.Choice(CELLS), "Recurrent cell."),
-    (("--layers",), "model", "num_layers", _INT(1, 64), "Stacked recurrent layers (L)."),
-    (("--hidden",), "model", "hidden_size", _INT(1, 16384), "Width of each layer (H)."),
-    (("--embed",), "model", "embed_size", _INT(0, 16384),
+    (("--layers",), "model", "num_layers", _INT(1, MAX_LAYERS), "Stacked recurrent layers (L)."),
+    (("--hidden",), "model", "hidden_size", _INT(1, MAX_HIDDEN), "Width of each layer (H)."),
+    (("--embed",), "model", "embed_size", _INT(0, MAX_EMBED),
      "Embedding width E; 0 = one-hot input (char-rnn)."),
     (("--dropout",), "model", "dropout", FiniteFloat(0, 1, max_open=True),
      "Dropout between layers and before the head."),
