@@ -161,6 +161,7 @@ def test_lines_batch_is_read_in_windows(tmp_path):
     E.evaluate_lines(m, [str(f)], out, as_json=True)
     assert E.WINDOW == 256 and shapes == [(3, 256), (3, 256), (3, 128)]   # 630 -> 640
     recs = [json.loads(r) for r in out.getvalue().splitlines()]
+    assert len(recs) == len(lines) == len(alone)
     for rec, want, ref in zip(recs, lines, alone):
         assert rec["line"] == want and rec["chars"] == ref.chars == len(want)
         assert rec["bpc"] == pytest.approx(ref.bpc, abs=2e-6)
@@ -270,6 +271,7 @@ def test_lines_carry_equals_the_whole_text(tmp_path):
     lp, _ = m.log_probs(ids[None, :-1], ids[None, 1:])
     lp = lp[0]
     pos = 0
+    assert len(rows) == len(LINES)
     for (bpc, chars, line), want in zip(rows, LINES):
         assert line == want and int(chars) == len(want)
         if want:
@@ -319,7 +321,7 @@ def test_lines_stream_in_a_real_pipe(ckpt):
 # ---------------------------------------------------------------------- --data, defaults, errors
 
 def test_eval_data_split(tmp_path, invoke):
-    data = pytest.importorskip("charrnn.data")
+    from charrnn import data
     src = tmp_path / "c.txt"
     src.write_text(TEXT * 40, encoding="utf-8")
     from charrnn.config import DataConfig
