@@ -14,7 +14,9 @@ import sys
 import time
 
 if sys.argv[1:2] == ["charrnn"]:
-    import charrnn  # noqa: F401  (first, as in the CLI: it tunes OpenBLAS before numpy loads)
+    from charrnn.runtime import tune_environment
+
+    tune_environment()      # first, as the CLI does: it tunes OpenBLAS before numpy loads
 
 import numpy as np  # noqa: E402
 

@@ -114,6 +114,9 @@ def _out_of_memory(argv) -> str:
 
 def main(argv=None) -> None:
     """Console-script entry point; exits with the codes of :class:`ExitStatus`."""
+    from .runtime import tune_environment
+
+    tune_environment()
     debug = _debug_requested(argv)
     try:
         rv = cli.main(args=argv, prog_name="charrnn", standalone_mode=False)

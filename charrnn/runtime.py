@@ -6,7 +6,7 @@
   rows) are split by rows between ``n`` threads of charrnn's own (:func:`matmul`).
   So no BLAS thread pool ever waits, spinning, next to numba's threads: with
   OpenBLAS's own threads, a process that had loaded numpy before charrnn (which then
-  cannot shorten their spin, see charrnn/__init__.py) trained a third slower.
+  cannot shorten their spin, see tune_environment) trained a third slower.
   (The sampler raises the limit again for the one case where BLAS's threads help.)
 * ``ensure_numba()`` points numba's cache at a user cache directory when the package
   directory is not writable, and prints one line on stderr the first time kernels
@@ -23,6 +23,27 @@ from . import __version__
 from .errors import ConfigError
 
 _state = {"numba_ready": False, "threads": None, "blas_limiter": None}
+
+
+def tune_environment(environ=None) -> None:
+    """Settings the thread pools read when they start; the CLI calls this first thing
+    (numpy is not loaded yet then), and a value the user set always wins.
+
+    * OpenBLAS's worker threads busy-wait for about 2**28 cycles after every call before
+      they sleep.  Training alternates many small BLAS calls with numba kernels on the
+      same cores, and those spinning threads steal the cores the kernels need:
+      ``OPENBLAS_THREAD_TIMEOUT=4`` (2**4 cycles) trained faster end to end.
+    * numba's OpenMP workers spin a while after each parallel region before they sleep,
+      so the next region (a training step runs dozens, charrnn.kernels.steps) finds them
+      awake: on a virtual machine whose idle cores halt, waking a sleeping worker is
+      slow.  All of charrnn's parallel work runs in those workers
+      (charrnn.kernels.blas), so a spinning worker holds up no other thread of ours:
+      ``GOMP_SPINCOUNT=300000`` (libgomp's own default), unless OMP_WAIT_POLICY is set.
+    (The measurements are in docs/performance.md.)"""
+    env = os.environ if environ is None else environ
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    if "OMP_WAIT_POLICY" not in env:
+        env.setdefault("GOMP_SPINCOUNT", "300000")
 
 
 def user_cache_dir() -> Path:

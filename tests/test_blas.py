@@ -117,19 +117,44 @@ def test_a_failed_self_check_turns_the_path_off(monkeypatch):
     assert not blas.available()
 
 
-def _env_after_import(**env):
-    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+_TUNED = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
+
+
+def _env_after(code: str, **env):
+    clean = {k: v for k, v in os.environ.items() if k not in _TUNED}
     clean.update(env)
-    code = ("import os, charrnn; "
-            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    code += "; print(*(os.environ.get(k) for k in %r))" % (_TUNED,)
     return subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True,
                           text=True, check=True).stdout.split()
 
 
 def test_openmp_workers_spin_unless_the_user_says():
-    assert _env_after_import() == ["300000", "None"]
-    assert _env_after_import(GOMP_SPINCOUNT="1000") == ["1000", "None"]
-    assert _env_after_import(OMP_WAIT_POLICY="passive") == ["None", "passive"]
+    """The CLI's start (runtime.tune_environment) sets what the user did not."""
+    tune = "import os; from charrnn.runtime import tune_environment; tune_environment()"
+    assert _env_after(tune) == ["300000", "None", "4"]
+    assert _env_after(tune, GOMP_SPINCOUNT="1000") == ["1000", "None", "4"]
+    assert _env_after(tune, OMP_WAIT_POLICY="passive") == ["None", "passive", "4"]
+    assert _env_after(tune, OPENBLAS_THREAD_TIMEOUT="9") == ["300000", "None", "9"]
+
+
+def test_importing_charrnn_changes_no_environment_variable():
+    code = ("import os; before = dict(os.environ); import charrnn, charrnn.config, "
+            "charrnn.model, charrnn.train, charrnn.sampling, charrnn.evaluate, charrnn.cli; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
+    assert _env_after(code) == ["None", "None", "None"]
+
+
+def test_the_command_line_tunes_its_environment(tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text("import os, sys\n"
+                      "from charrnn import cli\n"
+                      "cli.cli.add_command(__import__('click').Command('env', callback=lambda: "
+                      "print(*(os.environ.get(k) for k in %r))))\n"
+                      "cli.main(['env'])\n" % (_TUNED,))
+    clean = {k: v for k, v in os.environ.items() if k not in _TUNED}
+    r = subprocess.run([sys.executable, str(script)], env=clean, capture_output=True,
+                       text=True, check=True)
+    assert r.stdout.split() == ["300000", "None", "4"]
 
 
 _CACHE_CHILD = """

@@ -8,7 +8,7 @@ is the fallback when the BLAS cannot be found.
 
 Why: the threads that run charrnn's time loops and packed products are numba's OpenMP
 workers.  Between parallel regions they spin a while before they sleep (charrnn sets
-``GOMP_SPINCOUNT``, see charrnn/__init__.py), because waking a sleeping thread costs
+``GOMP_SPINCOUNT``, see charrnn.runtime.tune_environment), because waking a sleeping thread costs
 100-200 us on a virtual machine whose idle cores halt (measured on the 2-core Zen 3 of
 2026-12-07: an empty 2-thread region 108 us median, p99 0.3-1 ms, when the worker
 sleeps; 3-11 us when it spins).  A Python pool thread would have to wake up as well,
