@@ -319,7 +319,8 @@ class _Clock:
     pass and the saves, each estimated from what it cost so far in this run (the first
     validation pass is timed on one window before the first step)."""
 
-    SAFETY = 1.25
+    # room for the machine to get slower between a measurement and the end of the run
+    SAFETY = 1.5
 
     def __init__(self, max_time: float, val_chars: int, step_chars: int):
         # CHARRNN_TEST_TIME_SCALE=K divides the budget by K, so that the tests can run
@@ -330,14 +331,14 @@ class _Clock:
         self.deadline = self.start + max_time if max_time else None
         self.val_chars, self.step_chars = val_chars, step_chars
         self.step = 0.0                 # recent seconds per step (moving average)
-        self.eval: float | None = None  # seconds of the last validation pass
+        self.eval: float | None = None  # seconds of a validation pass (recent, pessimistic)
         self.save = 0.0                 # seconds of the slowest save so far
 
     def step_done(self, seconds: float) -> None:
         self.step = seconds if self.step == 0 else 0.8 * self.step + 0.2 * seconds
 
     def eval_done(self, seconds: float) -> None:
-        self.eval = seconds
+        self.eval = seconds if self.eval is None else max(seconds, 0.5 * self.eval)
 
     def save_done(self, seconds: float) -> None:
         self.save = max(self.save, seconds)
@@ -773,7 +774,7 @@ class Trainer:
             return
         keep = max(1, int(budget / 6 / max(per_window, 1e-9)))
         self.val_steps = keep * t.seq_len
-        clock.eval_done(keep * per_window)
+        clock.eval = keep * per_window          # the part it will score
         if self.rank0:
             console.log(f"validation: a whole pass over the {n_val:,}-character split would "
                         f"take about {fmt_duration(windows * per_window)} of the "
