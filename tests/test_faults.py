@@ -72,7 +72,7 @@ def test_random_sigkills_lose_nothing_and_resume_bit_exact(corpus, tmp_path):
     checkpoint writer, so that most of them land inside a write; after every kill
     `latest` loads; the finished run equals an uninterrupted one.  (Kills are timed by
     the run's progress, not by the clock, so the run stays short on any machine.)"""
-    args = [*ARGS, "--max-iters", "6000", "--save-every", "25", "--eval-every", "200"]
+    args = [*ARGS, "--max-iters", "2000", "--save-every", "25", "--eval-every", "200"]
     ref = run_cli("train", corpus, "-o", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
