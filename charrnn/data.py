@@ -339,6 +339,8 @@ def _decode(decoder, raw: bytes, offset: int, final: bool, name: str, encoding: 
     except UnicodeDecodeError as e:
         where = offset - pending + e.start
         raise InputError(f"{name}: invalid {encoding} at byte {where}") from None
+    except UnicodeError as e:        # e.g. utf-16 without a byte order mark, punycode
+        raise InputError(f"{name}: cannot be decoded as {encoding} ({e})") from None
 
 
 def _source_text(src: _Source, cfg: DataConfig) -> Iterator[tuple[bytes, str]]:

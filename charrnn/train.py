@@ -287,6 +287,24 @@ def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
 
 # ---------------------------------------------------------------------- trainer
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM back (they stay pending) until the block ends; then the
+    usual handlers run.  Only in the main thread, where signals are handled."""
+    import threading
+
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or \
+            not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class _Signals:
     """SIGINT/SIGTERM set a flag; the loop saves and stops after the current step."""
 
@@ -356,6 +374,15 @@ class _Clock:
         reserve = self.step + self._eval_estimate() + 3 * self.save       # best, latest, publish
         return time.monotonic() + self.SAFETY * reserve >= self.deadline
 
+    def no_room_after_eval(self) -> bool:
+        """Whether, after the evaluation about to start, there would be no time left
+        for another step and the final evaluation: then this one is the final one."""
+        if self.deadline is None:
+            return False
+        ev = self._eval_estimate()
+        reserve = self.step + 2 * ev + 3 * self.save
+        return time.monotonic() + self.SAFETY * reserve >= self.deadline
+
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -396,6 +423,7 @@ class Trainer:
         self.comm = opts.comm
         self.rank0 = self.comm is None or self.comm.rank == 0
         self.data_changed = False
+        self._rescore_pending = False
         self._publish_pending = False
         self.val_steps: int | None = None    # positions per stream a validation scores
         self._open_data(opts.data_dir)
@@ -405,6 +433,7 @@ class Trainer:
             if resumed.kind != "training":
                 raise CheckpointError(f"{self.latest_path}: not a training checkpoint "
                                       "(it has no training state); use --restart")
+        self.latest_saved = resumed is not None       # a latest of this run exists
         if resumed is not None:
             self._resume(resumed, mcfg, tcfg)
         else:
@@ -557,6 +586,8 @@ class Trainer:
             self.state = tuple(np.ascontiguousarray(s[:, self.lo:self.hi]) for s in self.state)
         else:
             self.state = None
+        if self.rank0:
+            self._trim_metrics()
         console.log(f"resuming {self.run_dir} from iteration {self.iteration} "
                     f"(epoch {self.epoch_float():.2f})")
 
@@ -605,19 +636,23 @@ class Trainer:
         old = "?" if old_chars is None else f"{old_chars:,}"
         console.log(f"corpus changed: {old} -> {new_chars:,} chars; continuing from "
                     f"iteration {self.iteration} on the new data")
+        if self.pos > 0:
+            self.epoch += 1          # the new data starts a new epoch: epochs never go back
         self.pos = 0
         self.state = None
         self.bad_evals = 0
         self.best_val = math.inf
         self.last_val = None         # measured on the old split: not comparable any more
-        if self.best_path.exists() and self.val_tokens.shape[0] >= 2:
-            self._rescore_best("the new validation split")
+        # best is re-scored by run(), inside the --max-time budget
+        self._rescore_pending = (self.best_path.exists()
+                                 and self.val_tokens.shape[0] >= 2)
 
     def _rescore_best(self, what: str) -> None:
         """Score best.safetensors on the validation data as this run scores it now, so
         that "best" and "val" are measured on the same characters."""
         from .checkpoint import load_model
 
+        self._rescore_pending = False
         self.best_val = math.inf
         try:
             best = load_model(self.best_path)
@@ -695,6 +730,7 @@ class Trainer:
         if self.rank0:
             self.model.save(self.latest_path, train_state=self.train_state(stopped),
                             extra_tensors=tensors)
+        self.latest_saved = True
 
     def save_best(self) -> None:
         if self.comm is not None:           # every rank calls it: check before writing
@@ -781,7 +817,7 @@ class Trainer:
                         f"{fmt_duration(budget)} --max-time; every evaluation of this "
                         f"run scores the same first {B * min(S, self.val_steps):,} "
                         "characters of it (`charrnn eval RUN --split val` scores it all)")
-        if math.isfinite(self.best_val):
+        if math.isfinite(self.best_val) or self._rescore_pending:
             self._rescore_best("the part of the validation split this run scores")
 
     def _record(self, train_loss: float | None, val: float | None, lr: float,
@@ -797,12 +833,40 @@ class Trainer:
             "elapsed": round(self.elapsed, 3),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        return rec
+
+    def _publish_record(self, rec: dict, bar) -> None:
+        """metrics.jsonl, the log line and --json's record of an evaluation: written
+        after latest is saved, so a run that dies in between (a closed pipe, a full
+        disk) never has metrics ahead of its checkpoint."""
         if self.rank0:
             with open(self.run_dir / METRICS_NAME, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        return rec
+        self._report(rec, bar)
+
+    def _trim_metrics(self) -> None:
+        """Drop metrics.jsonl lines past the resumed iteration (written by a run that
+        died before its next save), so a resumed run never repeats an iteration."""
+        from .fsutil import atomic_write_text
+
+        path = self.run_dir / METRICS_NAME
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError):
+            return
+        keep = []
+        for line in lines:
+            try:
+                it = json.loads(line).get("iter")
+            except (ValueError, AttributeError, RecursionError):
+                it = None
+            if isinstance(it, int) and it > self.iteration:
+                continue
+            keep.append(line)
+        if len(keep) != len(lines):
+            atomic_write_text(path, "".join(keep))
 
     def _warm_up(self) -> None:
         """Compile (or load from the cache) every kernel a step uses before the clock
@@ -812,11 +876,17 @@ class Trainer:
 
         t0 = time.monotonic()
         dt = self.model.dtype
-        x = np.zeros((1, 1), np.int64)                              # (1, 1)
-        self.model.forward_backward(x, x, None, train=False)
-        self.model.log_probs(x, x, None)                           # validation's kernels
-        scratch = Optimizer(self.tcfg, 16, dt)
-        scratch.step(np.zeros(16, dt), np.zeros(16, dt), 0.0)
+        # the real batch shape and mode: some paths are chosen by size, and dropout's
+        # only in training mode (a scratch generator: the run's own is not touched)
+        x = np.zeros((self.hi - self.lo, self.tcfg.seq_len), np.int64)     # (b, T)
+        # Ctrl-C or SIGTERM while numba compiles would land inside its callbacks (lost,
+        # or a half-built kernel): they wait until the kernels are ready, then act.
+        with _signals_deferred(), np.errstate(over="ignore", invalid="ignore"):
+            self.model.forward_backward(x, x, None, train=True,
+                                        rng=np.random.Generator(np.random.PCG64(0)))
+            self.model.log_probs(x, x, None)                       # validation's kernels
+            scratch = Optimizer(self.tcfg, 16, dt)
+            scratch.step(np.zeros(16, dt), np.zeros(16, dt), 0.0)
         spent = time.monotonic() - t0
         if spent > 2 and self.rank0:
             console.log(f"kernels ready in {spent:.0f} s (compiled once; not counted in "
@@ -840,11 +910,14 @@ class Trainer:
         clock = _Clock(t.max_time, val_chars=int(self.val_tokens.shape[0]),
                        step_chars=chars_per_step)
         self._plan_validation(clock)
+        if self._rescore_pending:
+            self._rescore_best("the new validation split")
         bar = self._progress_bar(clock) if self.rank0 else None
         loss_sum, loss_n = 0.0, 0
         window_start, window_iters = time.monotonic(), 0
         lr = self._lr(clock)
         since_save = 0
+        pending = None                    # an evaluation's record, written after the save
         # A diverging run is reported by the finiteness checks below, with one Error
         # line: numpy's overflow warnings on the way there are noise.
         with _Signals() as sig, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -892,6 +965,12 @@ class Trainer:
                 if self.comm is not None:
                     stopped = self.comm.agree_stop(stopped)
                 do_eval = self.iteration % t.eval_every == 0 or stopped is not None
+                if do_eval and stopped is None and clock.deadline is not None:
+                    # this evaluation is the last when no second one would fit
+                    last = "max_time" if clock.no_room_after_eval() else None
+                    if self.comm is not None:               # every rank asks, together
+                        last = self.comm.agree_stop(last)
+                    stopped = last
                 if do_eval and stopped != "signal":
                     span = time.monotonic() - window_start
                     cps = window_iters * chars_per_step / span if span > 0 else 0.0
@@ -920,8 +999,7 @@ class Trainer:
                             self._timed_save(clock, self.save_best)
                         else:
                             self.bad_evals += 1
-                        rec = self._record(loss_sum / max(loss_n, 1), val, lr, cps)
-                        self._report(rec, bar)
+                        pending = self._record(loss_sum / max(loss_n, 1), val, lr, cps)
                         if t.patience and self.bad_evals >= t.patience and stopped is None:
                             stopped = "patience"
                             if self.rank0:
@@ -933,9 +1011,12 @@ class Trainer:
                         or stopped is not None:
                     self._timed_save(clock, self.save_latest, stopped)
                     since_save = 0
-                if self._publish_pending and self.rank0:
-                    if not self.latest_path.exists():
+                if pending is not None:
+                    if not self.latest_saved:            # the same on every MPI rank
                         self._timed_save(clock, self.save_latest, stopped)
+                    self._publish_record(pending, bar)
+                    pending = None
+                if self._publish_pending and self.rank0:
                     self._publish()
         if bar is not None:
             bar.close()
@@ -958,6 +1039,8 @@ class Trainer:
         record a corpus change (so `charrnn info` shows the corpus it will train on)."""
         saved = False
         if self.data_changed:
+            if self._rescore_pending:
+                self._rescore_best("the new validation split")
             self.save_latest(stopped)
             saved = True
         if self.rank0:

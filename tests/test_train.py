@@ -212,10 +212,8 @@ def test_divergence_keeps_last_good_checkpoint(text_file, tmp_path, capsys, monk
 
     def nan_after_two(self, *a, **kw):
         loss, st = real(self, *a, **kw)
-        if not kw.get("train", True):
-            return loss, st                    # the trainer's kernel warm-up, not a step
-        nan_after_two.calls += 1
-        return (float("nan") if nan_after_two.calls > 2 else loss), st
+        nan_after_two.calls += 1               # call 1 is the trainer's kernel warm-up
+        return (float("nan") if nan_after_two.calls > 3 else loss), st
     nan_after_two.calls = 0
     monkeypatch.setattr(Model, "forward_backward", nan_after_two)
     code, _, err = invoke(["train", text_file, "-o", run, "--max-iters", "50"], capsys)

@@ -72,12 +72,17 @@ def test_readme_cron_line_trains_further_every_night(tmp_path, charrnn_env):
     iterations, published = [], []
     for night in range(3):
         _append(corpus, 15_000, seed=night)
+        if night == 1:                           # a character the model has not seen
+            with open(corpus, "a", encoding="utf-8") as f:
+                f.write("Ω")
         r = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, r.stderr
         assert r.stdout == "" and r.stderr == ""
-        latest = _info(srv / "run" / "latest.safetensors")["training"]
-        assert latest["data_chars"] == 15_000 * (night + 1)        # the corpus it trains on
+        info = _info(srv / "run" / "latest.safetensors")
+        latest = info["training"]
+        assert latest["data_chars"] == 15_000 * (night + 1) + (night >= 1)   # its corpus
+        assert ("Ω" in info["vocab"]["preview"]) == (night >= 1)
         iterations.append(latest["iteration"])
         published.append(_info(srv / "model.safetensors")["training"]["iteration"])
     assert iterations[0] > 0 and iterations[0] < iterations[1] < iterations[2]
@@ -354,8 +359,8 @@ real = Model.forward_backward
 calls = [0]
 def poisoned(self, *a, **kw):
     if kw.get("train", True):
-        calls[0] += 1
-        if calls[0] == 3:                      # weights become NaN before step 3
+        calls[0] += 1                          # call 1 is the kernels' warm-up
+        if calls[0] == 4:                      # weights become NaN before step 3
             self.flat[:] = np.nan
     return real(self, *a, **kw)
 Model.forward_backward = poisoned

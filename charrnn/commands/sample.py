@@ -12,6 +12,10 @@ from ..config import SampleConfig
 SC = SampleConfig
 
 
+#: the longest --prime-file read (an endless stdin stops here, in bounded memory)
+PRIME_LIMIT = 1 << 24
+
+
 def _read_prime_file(path: str) -> str:
     """The prime text of --prime-file, decoded by the rule prepare and eval use (UTF-8, a
     leading byte order mark dropped, NUL bytes refused)."""
@@ -25,16 +29,25 @@ def _read_prime_file(path: str) -> str:
                 return
             yield block
 
+    def read(f) -> str:
+        parts, n = [], 0
+        for _raw, text in decode_stream(chunks(f), name):
+            n += len(text)
+            if n > PRIME_LIMIT:
+                raise InputError(f"prime file {name} is longer than {PRIME_LIMIT:,} "
+                                 "characters; a prime only warms the state, so give its "
+                                 "last part (e.g. tail -c 100000)")
+            parts.append(text)
+        return "".join(parts)
+
     name = "standard input" if path == "-" else path
     try:
         if path == "-":
-            parts = [text for _raw, text in decode_stream(chunks(sys.stdin.buffer), name)]
-        else:
-            with open(path, "rb") as f:
-                parts = [text for _raw, text in decode_stream(chunks(f), name)]
+            return read(sys.stdin.buffer)
+        with open(path, "rb") as f:
+            return read(f)
     except OSError as e:
         raise InputError(f"cannot read prime file {path}: {e.strerror or e}") from None
-    return "".join(parts)
 
 
 def fresh_seed() -> int:
