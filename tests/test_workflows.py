@@ -455,3 +455,19 @@ def test_train_on_text_takes_prepares_data_options(tmp_path):
     r = run_cli("train", corpus, "-o", tmp_path / "run", "--max-iters", "3",
                 "--val-frac", "0.1")
     assert r.returncode == 1 and "add --restart" in _errors(r.stderr)[0], r.stderr
+
+
+def test_a_failed_run_leaves_no_empty_run_directory(tmp_path, base_run):
+    corpus, run = base_run
+    data = run / "data"                              # prepared: nothing is written to RUN
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("train", data, "-o", tmp_path / "new", "--init-from", bad, "--max-iters", "1")
+    assert r.returncode == 1 and len(_errors(r.stderr)) == 1, r.stderr
+    assert not (tmp_path / "new").exists()
+    # a run directory given as DATA, and an empty -o, are told apart
+    r = run_cli("train", run, "-o", tmp_path / "x", "--max-iters", "1")
+    assert _errors(r.stderr) == [f"Error: {run} is a run directory, not data; its prepared "
+                                 f"data is {run / 'data'}"]
+    r = run_cli("train", corpus, "-o", "", "--max-iters", "1")
+    assert r.returncode == 2 and "give a run directory, not an empty path" in r.stderr

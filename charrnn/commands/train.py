@@ -199,8 +199,15 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
     rank0 = comm is None or comm.rank == 0
     run = Path(run_dir)
     with together():
+        if not str(run_dir).strip():
+            raise click.BadParameter("give a run directory, not an empty path",
+                                     param_hint="'-o' / '--out'")
         if data is not None and data != "-" and not Path(data).exists():
             raise InputError(f"{data}: no such file or directory")
+        if data is not None and data != "-" and Path(data, "latest.safetensors").is_file() \
+                and not Path(data, "meta.json").is_file():
+            raise InputError(f"{data} is a run directory, not data; its prepared data is "
+                             f"{Path(data, 'data')}")
         if comm is not None and threads is None and not os.environ.get("CHARRNN_THREADS"):
             threads = comm.default_threads()        # the host's cores shared by its ranks
         n_threads = use_threads(threads)
@@ -214,6 +221,7 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
 
     lock = RunLock(run) if rank0 else None
     data_dir = None
+    created = rank0 and not run.exists() and not run.is_symlink()
     try:
         with together():
             if lock is not None:
@@ -229,6 +237,14 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
                           emit=_emit if as_json else None, comm=comm, grow_vocab=grow_vocab,
                           publish=Path(publish) if publish else None)
         return train(mcfg, tcfg, opts)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+        if created:                  # a run that failed before writing anything leaves
+            with contextlib.suppress(OSError):     # no empty run directory behind
+                run.rmdir()
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -259,7 +275,7 @@ def _stop_cleanly_before_training() -> None:
     from ..errors import Interrupted
 
     def handler(signum, frame):
-        raise Interrupted("terminated by SIGTERM before training started; nothing was "
+        raise Interrupted("terminated by SIGTERM before training started; nothing new was "
                           "saved (run the same command again to start)", 128 + signum)
     try:
         signal.signal(signal.SIGTERM, handler)
