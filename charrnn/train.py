@@ -878,13 +878,17 @@ class Trainer:
         dt = self.model.dtype
         # the real batch shape and mode: some paths are chosen by size, and dropout's
         # only in training mode (a scratch generator: the run's own is not touched)
-        x = np.zeros((self.hi - self.lo, self.tcfg.seq_len), np.int64)     # (b, T)
+        x, y = self._batch()                  # the real batch: its dtype, its shape (b, T)
+        v = np.zeros((x.shape[0], self.tcfg.seq_len), np.int64)          # validation's
         # Ctrl-C or SIGTERM while numba compiles would land inside its callbacks (lost,
         # or a half-built kernel): they wait until the kernels are ready, then act.
+        # Each call twice: from a zero state, then from a carried one (other types).
         with _signals_deferred(), np.errstate(over="ignore", invalid="ignore"):
-            self.model.forward_backward(x, x, None, train=True,
-                                        rng=np.random.Generator(np.random.PCG64(0)))
-            self.model.log_probs(x, x, None)                       # validation's kernels
+            scratch_rng = np.random.Generator(np.random.PCG64(0))
+            _, st = self.model.forward_backward(x, y, None, train=True, rng=scratch_rng)
+            self.model.forward_backward(x, y, st, train=True, rng=scratch_rng)
+            _, st = self.model.log_probs(v, v, None)
+            self.model.log_probs(v, v, st)
             scratch = Optimizer(self.tcfg, 16, dt)
             scratch.step(np.zeros(16, dt), np.zeros(16, dt), 0.0)
         spent = time.monotonic() - t0
@@ -1135,7 +1139,10 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
         Path(opts.run_dir).mkdir(parents=True, exist_ok=True)
         remove_stale_temps(opts.run_dir)
     # MPI: every rank builds its trainer; if that fails on any rank, all stop together.
-    with (comm.together() if comm is not None else contextlib.nullcontext()):
+    # building the model imports (and on a first run compiles) kernels: a signal then
+    # waits until it is built, like one during the warm-up (see _signals_deferred)
+    with (comm.together() if comm is not None else contextlib.nullcontext()), \
+            _signals_deferred():
         trainer = Trainer(mcfg, tcfg, opts)
     return trainer.run()
 

@@ -1,7 +1,7 @@
 """charrnn.fastload: cached kernels load without numba's registries, from a cached NRT.
 
 Each check runs in a fresh interpreter (what is loaded, and how, is decided once per
-process) on the suite's numba cache; the NRT cache file is put back after each test."""
+process) on a private copy of the suite's numba cache."""
 from __future__ import annotations
 
 import json
@@ -58,19 +58,35 @@ print(json.dumps({"deferred": deferred}))
 
 
 @pytest.fixture
-def cache_dir():
-    """The suite's numba cache, its NRT cache files restored after the test."""
-    d = runtime.numba_cache_dir()
-    saved = {p: p.read_bytes() for p in d.glob("nrt-*.bin")}
-    yield d
-    for p in d.glob("nrt-*.bin"):
-        p.unlink()
-    for p, data in saved.items():
-        p.write_bytes(data)
+def cache_dir(tmp_path):
+    """A private copy of the suite's numba cache (these tests damage and remove its NRT
+    files, which would disturb other charrnn processes using the shared one), laid out
+    as NUMBA_CACHE_DIR lays it out: the kernels' folder path below the cache root."""
+    import shutil
+
+    runtime._choose_cache_dir()
+    shared = runtime.numba_cache_dir()
+    kernels = Path(runtime.__file__).resolve().parent / "kernels"
+    from numba.core.caching import _CacheLocator
+
+    root = tmp_path / "numba-cache"
+    # where numba puts the kernels' cache under NUMBA_CACHE_DIR (its own rule)
+    sub = _CacheLocator.get_suitable_cache_subpath(str(kernels / "cells.py"))
+    inner = root / sub
+    inner.mkdir(parents=True)
+    if shared.resolve() == (kernels / "__pycache__").resolve():
+        src = shared                              # the in-tree cache
+    else:
+        src = shared / sub
+    for f in src.glob("*.nb[ic]") if src.is_dir() else ():
+        shutil.copy2(f, inner / f.name)
+    for f in [*shared.glob("nrt-*.bin"), *shared.glob("charrnn-*.compiled")]:
+        shutil.copy2(f, root / f.name)
+    return root
 
 
 def probe(cache_dir: Path, extra: str = "", fastload: bool = True) -> dict:
-    env = dict(os.environ, CHARRNN_THREADS="2",
+    env = dict(os.environ, CHARRNN_THREADS="2", NUMBA_CACHE_DIR=str(cache_dir),
                CHARRNN_NUMBA_FASTLOAD="1" if fastload else "0")
     res = subprocess.run([sys.executable, "-c", PROBE.replace("EXTRA", extra)],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -141,3 +157,21 @@ def test_nrt_cache_file_format_round_trips():
     for bad in (data[:-1], data[:-1] + b"X", data[:len(fastload._MAGIC) + 50]):
         with pytest.raises(ValueError, match="damaged or truncated"):
             fastload._unpack(bad)
+
+
+def test_plain_numba_path_when_the_patch_does_not_apply(cache_dir):
+    """If a numba release changes what fastload relies on, kernels load (or compile)
+    through numba's own path and give the same numbers."""
+    broken = ("from charrnn import fastload\n"
+              "def _gone(*a, **k):\n"
+              "    raise AttributeError('numba internals changed')\n"
+              "fastload.init_nrt = _gone\n")
+    code = PROBE.replace("import json, sys\n", "import json, sys\n" + broken, 1)
+    env = dict(os.environ, CHARRNN_THREADS="2", NUMBA_CACHE_DIR=str(cache_dir))
+    good = probe(cache_dir)
+    res = subprocess.run([sys.executable, "-c", code.replace("EXTRA", "")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["stats"]["nrt_fallback"] >= 1 and out["stats"]["fast_loads"] == 0
+    assert out["loss"] == good["loss"] and out["flat"] == good["flat"]
