@@ -471,3 +471,24 @@ def test_a_failed_run_leaves_no_empty_run_directory(tmp_path, base_run):
                                  f"data is {run / 'data'}"]
     r = run_cli("train", corpus, "-o", "", "--max-iters", "1")
     assert r.returncode == 2 and "give a run directory, not an empty path" in r.stderr
+
+
+def test_prepare_shows_no_bar_for_input_that_takes_under_a_second(tmp_path):
+    """On a terminal, prepare's bar appears only once a second has passed (tqdm's
+    delay): a small file prepares with its summary and no bar."""
+    small = tmp_path / "small.txt"
+    small.write_text(make_text(20_000, seed=3), encoding="utf-8")
+    code, screen = _run_on_terminal(["prepare", small, "-o", tmp_path / "d"], 0)
+    assert code == 0, screen
+    assert "prepared" in screen and "counting" not in screen and "encoding" not in screen
+
+
+def test_encodings_that_are_not_text_are_one_error_line(tmp_path, base_run):
+    for enc, msg in (("rot13", "'rot13' is not a text encoding"),
+                     ("hex", "'hex' is not a text encoding"),
+                     ("utf-16", "cannot be decoded as utf-16")):
+        r = run_cli("prepare", base_run[0], "-o", tmp_path / enc, "--encoding", enc)
+        assert r.returncode == 1, r.stderr
+        errors = _errors(r.stderr)
+        assert len(errors) == 1 and msg in errors[0], r.stderr
+        assert "internal error" not in r.stderr
