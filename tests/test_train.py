@@ -212,9 +212,22 @@ def test_divergence_keeps_last_good_checkpoint(text_file, tmp_path, capsys, monk
 
     def nan_after_two(self, *a, **kw):
         loss, st = real(self, *a, **kw)
-        nan_after_two.calls += 1               # call 1 is the trainer's kernel warm-up
-        return (float("nan") if nan_after_two.calls > 3 else loss), st
-    nan_after_two.calls = 0
+        if nan_after_two.warming:
+            return loss, st                    # the trainer's kernel warm-up, not a step
+        nan_after_two.calls += 1
+        return (float("nan") if nan_after_two.calls > 2 else loss), st
+    nan_after_two.calls, nan_after_two.warming = 0, False
+    import charrnn.train as T
+
+    real_warm = T.Trainer._warm_up
+
+    def warm(self):
+        nan_after_two.warming = True
+        try:
+            real_warm(self)
+        finally:
+            nan_after_two.warming = False
+    monkeypatch.setattr(T.Trainer, "_warm_up", warm)
     monkeypatch.setattr(Model, "forward_backward", nan_after_two)
     code, _, err = invoke(["train", text_file, "-o", run, "--max-iters", "50"], capsys)
     assert code == 1

@@ -355,14 +355,22 @@ _POISON = """
 import sys
 import numpy as np
 from charrnn.model import Model
-real = Model.forward_backward
-calls = [0]
+import charrnn.train as T
+real, real_warm = Model.forward_backward, T.Trainer._warm_up
+calls, warming = [0], [False]
+def warm(self):                                # the kernels' warm-up is not a step
+    warming[0] = True
+    try:
+        real_warm(self)
+    finally:
+        warming[0] = False
 def poisoned(self, *a, **kw):
-    if kw.get("train", True):
-        calls[0] += 1                          # call 1 is the kernels' warm-up
-        if calls[0] == 4:                      # weights become NaN before step 3
+    if not warming[0]:
+        calls[0] += 1
+        if calls[0] == 3:                      # weights become NaN before step 3
             self.flat[:] = np.nan
     return real(self, *a, **kw)
+T.Trainer._warm_up = warm
 Model.forward_backward = poisoned
 from charrnn.cli import main
 main(sys.argv[1:])
