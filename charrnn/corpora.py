@@ -251,23 +251,6 @@ def _check_local(entry: dict, path: Path) -> Path:
     return path
 
 
-def _remove_stale_temps(d: Path) -> None:
-    """Remove the temporary files of downloads whose process is gone
-    (``.NAME.tmp-PID`` or ``.NAME.tmp-PID-XXXXXXXX``)."""
-    import re
-
-    from .fsutil import pid_alive
-
-    with contextlib.suppress(OSError):
-        for p in d.glob(".*.tmp-*"):
-            m = re.search(r"\.tmp-(\d+)(?:-[A-Za-z0-9_]+)?$", p.name)
-            if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
-                continue
-            with contextlib.suppress(OSError):
-                if p.is_symlink() or p.is_file():
-                    p.unlink()
-
-
 def _fetch(entry: dict, dest: Path, show_progress: bool) -> tuple[int, str]:
     """Stream ``entry['url']`` into ``dest``; returns (size, sha256).  Every network
     failure becomes one CorpusError line; local write errors (a full disk) propagate."""
@@ -374,7 +357,9 @@ def download_corpus(name: str, show_progress: bool = True) -> Path:
     except OSError as e:
         raise CorpusError(f"corpus '{name}': cannot create the cache directory {d}: "
                           f"{(e.strerror or str(e)).lower()} (set CHARRNN_CACHE)") from None
-    _remove_stale_temps(d)
+    from .fsutil import remove_stale_temps
+
+    remove_stale_temps(d)            # downloads whose process is gone
     import tempfile
 
     def temp(prefix: str) -> Path:      # O_EXCL, an unpredictable name: never a planted link

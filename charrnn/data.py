@@ -33,7 +33,7 @@ the sources, then encode), so memory stays bounded whatever the corpus size.  Th
 splits are contiguous: ``train | val | test``, the test section at the very end and
 validation just before it, so validation text is text the model never trained on.
 
-Everything is built in a hidden sibling directory ``.NAME.tmp-PID-XXXXXXXX`` (made by
+Everything is built in a hidden sibling directory ``.NAME.tmp-PID-RANDOM`` (made by
 :func:`tempfile.mkdtemp`; every file fsynced, meta.json last) and then renamed into
 place; an interrupted prepare leaves either the previous directory or none, never one
 with a meta.json and missing data.  Two prepares into the same directory at once both
@@ -495,8 +495,8 @@ def _out_dir_state(out: Path, shown: Path) -> str:
     return "ours"
 
 
-# A build or old directory prepare makes next to its output: ``.NAME.tmp-PID-XXXXXXXX``
-# (and ``.NAME.tmp-PID`` from earlier versions), ``.NAME.old-PID-XXXXXXXX``.
+# A build or old directory prepare makes next to its output: ``.NAME.tmp-PID-RANDOM``
+# (and ``.NAME.tmp-PID`` from earlier versions), ``.NAME.old-PID-RANDOM``.
 _WORK_DIR = re.compile(r"\.(?:tmp|old)-(\d+)(?:-[A-Za-z0-9_]+)?$")
 
 

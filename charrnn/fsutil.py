@@ -103,7 +103,7 @@ def atomic_open(path, mode: str = "wb", encoding: str | None = None):
     ``path``.  ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8 unless ``encoding``).
 
     The temporary is made by :func:`tempfile.mkstemp` (``O_CREAT|O_EXCL``, an
-    unpredictable name ``.NAME.tmp-PID-XXXXXXXX``), so a symlink planted in a shared
+    unpredictable name ``.NAME.tmp-PID-RANDOM``), so a symlink planted in a shared
     folder is never followed, and the rename replaces a symlink at ``path`` itself
     rather than the file it points to.  Errors name ``path``, never the temporary."""
     import tempfile
