@@ -367,11 +367,66 @@ def evaluate_text(model, text: str, window: int = WINDOW, streams: int = 1) -> S
     return sc.finish()
 
 
+class ScoringStopped(Exception):
+    """:func:`score_tokens` was asked to stop part-way (a signal, a deadline)."""
+
+
+def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=None,
+                 should_stop=None, max_steps: int | None = None) -> Score:
+    """Every next-character prediction of a prepared split, scored once: the one
+    definition shared by training's validation and ``charrnn eval --split``.
+
+    The n - 1 predictions are laid out by :func:`charrnn.data.iter_eval_batches`: B
+    streams walked T steps at a time with the state carried, then the few trailing
+    pairs as one more stream.  ``lut`` maps the data's ids to the model's.  With
+    ``comm`` (MPI; a collective) each rank scores its share of the B streams (rank 0
+    the trailing stream too) and the totals are summed, so every rank gets the same
+    Score.  ``should_stop`` is asked between windows (ScoringStopped when it says
+    yes).  ``max_steps`` scores only the first positions of the B streams (the same
+    characters every time) and no trailing stream: a part of the split."""
+    from .data import iter_eval_batches
+
+    S = (len(tokens) - 1) // int(batch_size)                # positions of each B stream
+    n_main = -(-S // int(seq_len)) if S > 0 else 0          # windows of the B streams
+    score = Score()
+    state = None
+    for k, (x, y) in enumerate(iter_eval_batches(tokens, batch_size, seq_len)):
+        tail = k >= n_main
+        if k == n_main:
+            state = None                                    # the trailing stream: fresh
+            if max_steps is not None and n_main > 0:
+                break
+        t0 = k * int(seq_len)
+        if max_steps is not None and not tail and t0 >= max_steps:
+            break
+        if should_stop is not None and should_stop():
+            raise ScoringStopped
+        if comm is not None:
+            B = x.shape[0]
+            lo, hi = ((0, 1) if comm.rank == 0 else (0, 0)) if tail else \
+                (B * comm.rank // comm.size, B * (comm.rank + 1) // comm.size)
+            x, y = x[lo:hi], y[lo:hi]
+        if x.shape[0] == 0:
+            continue
+        if max_steps is not None and not tail and t0 + x.shape[1] > max_steps:
+            x, y = x[:, :max_steps - t0], y[:, :max_steps - t0]
+        if lut is not None:
+            x, y = lut[x], lut[y]
+        lp, state = model.log_probs(x, y, state)                         # (b, w)
+        score.nll -= float(lp.sum())
+        score.chars += lp.size
+    if comm is not None:
+        score.nll = comm.allreduce_sum(score.nll)
+        score.chars = int(round(comm.allreduce_sum(float(score.chars))))
+    return score
+
+
 def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
                    seq_len: int = WINDOW) -> Score:
-    """Score a prepared split as training's validation does (its n - 1 predictions)."""
+    """Score a prepared split exactly as training's validation does
+    (:func:`score_tokens`: its n - 1 predictions)."""
     try:
-        from .data import Dataset, iter_eval_batches
+        from .data import Dataset
     except ImportError:  # pragma: no cover - data.py ships with charrnn
         raise DataError("this charrnn cannot read prepared data directories") from None
     ds = Dataset(data_dir)
@@ -380,17 +435,7 @@ def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
     if len(tokens) < 2:
         raise DataError(f"{data_dir}: the {split} split has {len(tokens)} characters; "
                         "nothing to score")
-    score = Score()
-    state, rows = None, None
-    for x, y in iter_eval_batches(tokens, batch_size, seq_len):
-        if x.shape[0] != rows:
-            state, rows = None, x.shape[0]
-        if lut is not None:
-            x, y = lut[x], lut[y]
-        lp, state = model.log_probs(x, y, state)                         # (B, T)
-        score.nll -= float(lp.sum())
-        score.chars += lp.size
-    return score
+    return score_tokens(model, tokens, batch_size, seq_len, lut)
 
 
 def _data_lut(dvocab, model, data_dir) -> np.ndarray | None:

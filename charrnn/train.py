@@ -246,43 +246,20 @@ def evaluate_split(model, tokens: np.ndarray, batch_size: int, seq_len: int,
                    lut: np.ndarray | None = None, comm=None,
                    should_stop: Callable[[], bool] | None = None,
                    max_steps: int | None = None) -> tuple[float, int]:
-    """Mean loss (nats/char) over a split and the number of characters scored.
+    """Mean loss (nats/char) over a split and the number of characters scored, by
+    :func:`charrnn.evaluate.score_tokens` (the same characters ``charrnn eval --split``
+    scores; with ``max_steps`` the same leading part every time).  A collective under
+    MPI.  :class:`EvalAbandoned` when ``should_stop`` ends it early."""
+    from .evaluate import ScoringStopped, score_tokens
 
-    The split is cut into B contiguous streams (as for training) scored in windows of
-    T with the state carried from window to window, starting from zero; the n-1 - B*S
-    positions after the last full stream are left out (fewer than B).  With ``comm``
-    (MPI; a collective: every rank calls it) rank r scores streams B*r//N .. B*(r+1)//N
-    and the ranks sum their totals, so every rank gets the same loss N times faster.
-    ``should_stop`` is asked between windows; when it says yes the pass is abandoned
-    (:class:`EvalAbandoned`), so a signal or a deadline is honoured within a window.
-    ``max_steps`` scores only the first positions of every stream (the same characters
-    every time): a part of the split, for a --max-time budget a full pass would not fit."""
-    n = int(tokens.shape[0])
-    if n < 2:
+    if int(tokens.shape[0]) < 2:
         return float("nan"), 0
-    B = min(batch_size, n - 1)
-    S = (n - 1) // B                                           # positions per stream
-    data = np.asarray(tokens[:B * S + 1]).astype(np.int64)     # (B*S+1,)
-    if lut is not None:
-        data = lut[data]
-    x_all = data[:-1].reshape(B, S)                            # (B, S)
-    y_all = data[1:].reshape(B, S)                             # (B, S)
-    if max_steps is not None:
-        S = min(S, max_steps)
-    lo, hi = (0, B) if comm is None else (B * comm.rank // comm.size,
-                                          B * (comm.rank + 1) // comm.size)
-    state = None
-    total = 0.0
-    for t0 in range(0, S, seq_len) if hi > lo else ():
-        if should_stop is not None and should_stop():
-            raise EvalAbandoned
-        t1 = min(S, t0 + seq_len)
-        lp, state = model.log_probs(x_all[lo:hi, t0:t1], y_all[lo:hi, t0:t1],
-                                    state)                     # (b, t)
-        total -= float(lp.sum())
-    if comm is not None:
-        total = comm.allreduce_sum(total)
-    return total / (B * S), B * S
+    try:
+        score = score_tokens(model, tokens, batch_size, seq_len, lut, comm=comm,
+                             should_stop=should_stop, max_steps=max_steps)
+    except ScoringStopped:
+        raise EvalAbandoned from None
+    return score.nll / max(score.chars, 1), score.chars
 
 
 # ---------------------------------------------------------------------- trainer
@@ -796,8 +773,10 @@ class Trainer:
         budget = clock.max_time
         if not budget or n_val < 2 or self.comm is not None:
             return
-        B = min(t.batch_size, n_val - 1)
-        S = (n_val - 1) // B
+        B = t.batch_size
+        S = (n_val - 1) // B                 # positions of each stream (score_tokens)
+        if S == 0:
+            return                           # a split this short is scored whole
         windows = -(-S // t.seq_len)
         self.val_steps = t.seq_len
         self.evaluate()                                  # buffers and caches

@@ -500,3 +500,17 @@ def test_encodings_that_are_not_text_are_one_error_line(tmp_path, base_run):
         errors = _errors(r.stderr)
         assert len(errors) == 1 and msg in errors[0], r.stderr
         assert "internal error" not in r.stderr
+
+
+def test_training_validation_and_eval_split_score_the_same_characters(tmp_path, base_run):
+    """One definition of validation scoring (evaluate.score_tokens): the val loss the
+    run logged for its last checkpoint is what `charrnn eval --split val` gives it."""
+    run = tmp_path / "run"
+    r = run_cli("train", base_run[0], "-o", run, *TINY, "--max-iters", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    e = run_cli("eval", run, "--latest", "--split", "val", "--json")
+    assert e.returncode == 0, e.stderr
+    score = json.loads(e.stdout)
+    assert score["chars"] == 299                       # all n - 1 predictions of 300
+    assert score["loss"] == pytest.approx(done["val_loss"], abs=2e-6)
