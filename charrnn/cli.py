@@ -75,6 +75,7 @@ def use_threads(n):
     """Apply --threads (imports numba); call inside a command before any kernel runs."""
     from . import runtime
     runtime.ensure_numba()
+    runtime.defer_signals_while_compiling()
     return runtime.configure_threads(n)
 
 

@@ -115,6 +115,64 @@ def ensure_numba():
     return numba
 
 
+_compiling = {"depth": 0, "pending": None, "previous": {}}
+
+
+def _signal_default(signum: int, frame) -> None:
+    """What a handler that was not ours would have done with the signal."""
+    import signal
+
+    prev = _compiling["previous"].get(signum, signal.SIG_DFL)
+    if callable(prev):
+        prev(signum, frame)
+    elif prev == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        from .errors import Interrupted
+
+        raise Interrupted(f"terminated by {signal.Signals(signum).name}", 128 + signum)
+
+
+def defer_signals_while_compiling() -> None:
+    """SIGINT and SIGTERM that arrive while numba compiles (it holds its compiler lock)
+    wait until the compilation ends, then act as they would have.  Raised inside
+    numba's compiler, whose LLVM callbacks run through ctypes, the exception would be
+    lost there (the command carried on) or leave a half-built kernel behind.  Installed
+    once, by the commands, in the main thread; a handler set later (train's) is not
+    wrapped, and train holds the signals back itself while it compiles."""
+    import signal
+    import threading
+
+    main = threading.main_thread()
+    if _compiling["previous"] or threading.current_thread() is not main:
+        return
+    import numba.core.event as ev
+
+    class _CompileListener(ev.Listener):
+        def on_start(self, event):
+            if threading.current_thread() is main:
+                _compiling["depth"] += 1
+
+        def on_end(self, event):
+            if threading.current_thread() is not main:
+                return
+            _compiling["depth"] = max(0, _compiling["depth"] - 1)
+            if _compiling["depth"] == 0 and _compiling["pending"] is not None:
+                signum, _compiling["pending"] = _compiling["pending"], None
+                _signal_default(signum, None)
+
+    def handler(signum, frame):
+        if _compiling["depth"] > 0:
+            _compiling["pending"] = signum          # acted on when the compilation ends
+            return
+        _signal_default(signum, frame)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        _compiling["previous"][sig] = signal.getsignal(sig)
+        signal.signal(sig, handler)
+    ev.register("numba:compiler_lock", _CompileListener())
+
+
 def resolve_threads(n: int | None) -> int:
     if n is None or n == 0:
         env = os.environ.get("CHARRNN_THREADS", "").strip()

@@ -149,3 +149,39 @@ def test_sample_json_is_valid_json_whatever_the_scores(overflowing):
     assert r.returncode == 0, r.stderr
     rec = _no_json_constants(r.stdout.strip())
     assert rec["chars"] == 5
+
+
+_COMPILING = r"""
+import os, signal, sys
+from charrnn import runtime
+from charrnn.errors import Interrupted
+runtime.ensure_numba()
+runtime.defer_signals_while_compiling()
+import numba.core.event as ev
+sig = getattr(signal, sys.argv[1])
+ev.start_event("numba:compiler_lock")            # as numba does around a compilation
+os.kill(os.getpid(), sig)
+for _ in range(1000):                            # the handler has run by now: deferred
+    pass
+print("still compiling", flush=True)
+try:
+    ev.end_event("numba:compiler_lock")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt when the compilation ended")
+except Interrupted as e:
+    print(f"Interrupted {e.exit_code} when the compilation ended")
+"""
+
+
+@pytest.mark.parametrize("sig, want", [("SIGINT", "KeyboardInterrupt"),
+                                       ("SIGTERM", "Interrupted 143")])
+def test_a_signal_during_compilation_acts_when_it_ends(sig, want):
+    """Raised inside numba's compiler (its LLVM callbacks run through ctypes), Ctrl-C
+    was lost or left a half-built kernel; it now waits for the compilation to end."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _COMPILING, sig], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["still compiling", f"{want} when the compilation ended"]
