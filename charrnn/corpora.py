@@ -357,22 +357,21 @@ def download_corpus(name: str, show_progress: bool = True) -> Path:
     except OSError as e:
         raise CorpusError(f"corpus '{name}': cannot create the cache directory {d}: "
                           f"{(e.strerror or str(e)).lower()} (set CHARRNN_CACHE)") from None
-    from .fsutil import remove_stale_temps
+    from .fsutil import make_temp, remove_stale_temps
 
     remove_stale_temps(d)            # downloads whose process is gone
-    import tempfile
 
-    def temp(prefix: str) -> Path:      # O_EXCL, an unpredictable name: never a planted link
+    def temp(stem: str) -> Path:
         try:
-            fd, p = tempfile.mkstemp(prefix=f"{prefix}.tmp-{os.getpid()}-", dir=d)
+            fd, p = make_temp(d, stem)
         except OSError as e:
             raise CorpusError(f"corpus '{name}': cannot write in the cache directory {d}: "
                               f"{(e.strerror or str(e)).lower()} (set CHARRNN_CACHE)") from None
         os.close(fd)
-        return Path(p)
+        return p
 
-    part = temp(".download")
-    unpacked = temp(f".{_target_name(entry)}")
+    part = temp("download")
+    unpacked = temp(_target_name(entry))
     target = d / _target_name(entry)
     try:
         size, digest = _fetch(entry, part, show_progress)

@@ -84,6 +84,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def make_temp(directory, name: str) -> tuple[int, Path]:
+    """A new temporary file ``.NAME.tmp-PID-RANDOM`` in ``directory`` (the naming
+    :func:`remove_stale_temps` reads): ``tempfile.mkstemp``, so ``O_CREAT|O_EXCL`` with
+    an unpredictable name, never a planted symlink.  Returns (descriptor, path);
+    OSError as mkstemp raises it."""
+    import tempfile
+
+    fd, p = tempfile.mkstemp(prefix=f".{name}{_TMP}{os.getpid()}-", dir=directory)
+    return fd, Path(p)
+
+
 def _default_mode() -> int:
     """0o666 less the umask: what a plain open() would have given the file (mkstemp
     creates it 0o600, and a published model must stay readable by other jobs)."""
@@ -106,20 +117,17 @@ def atomic_open(path, mode: str = "wb", encoding: str | None = None):
     unpredictable name ``.NAME.tmp-PID-RANDOM``), so a symlink planted in a shared
     folder is never followed, and the rename replaces a symlink at ``path`` itself
     rather than the file it points to.  Errors name ``path``, never the temporary."""
-    import tempfile
 
     if mode not in ("wb", "w"):
         raise ValueError("atomic_open supports modes 'wb' and 'w'")
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP}{os.getpid()}-",
-                                        dir=directory)
+        fd, tmp = make_temp(directory, path.name)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DiskFullError(f"{path}: no space left on device") from None
         raise _user_oserror(e, path) from None
-    tmp = Path(tmp_name)
     try:
         os.fchmod(fd, _default_mode())
         kw = {} if mode == "wb" else {"encoding": encoding or "utf-8", "newline": ""}
@@ -191,7 +199,6 @@ def remove_stale_temps(directory, name: str | None = None) -> None:
 def check_publish_target(path) -> Path:
     """Fail at once, before any training, when ``--publish PATH`` could not be written:
     PATH is a folder, its folder is missing, or nothing can be created there."""
-    import tempfile
 
     from .errors import InputError
 
@@ -202,7 +209,7 @@ def check_publish_target(path) -> Path:
     if not parent.is_dir():
         raise InputError(f"--publish {path}: the folder {parent} does not exist")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}{_TMP}{os.getpid()}-", dir=parent)
+        fd, probe = make_temp(parent, path.name)
     except OSError as e:
         raise InputError(f"--publish {path}: cannot write in {parent} "
                          f"({e.strerror or e})") from None
@@ -222,5 +229,5 @@ def publish_copy(src, dst) -> None:
 
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir",
-           "remove_stale_temps", "sha256_file", "pid_alive", "check_publish_target",
+           "remove_stale_temps", "sha256_file", "pid_alive", "make_temp", "check_publish_target",
            "publish_copy"]
