@@ -14,7 +14,7 @@ import sys
 import time
 
 if sys.argv[1:2] == ["charrnn"]:
-    from charrnn.runtime import tune_environment
+    from charrnn.kernels.runtime import tune_environment
 
     tune_environment()      # first, as the CLI does: it tunes OpenBLAS before numpy loads
 
@@ -43,8 +43,8 @@ def _batch(c, rng):
 
 def charrnn_model(c):
     from charrnn.config import ModelConfig
-    from charrnn.model import Model
-    from charrnn.runtime import configure_threads, ensure_numba
+    from charrnn.model.network import Model
+    from charrnn.kernels.runtime import configure_threads, ensure_numba
 
     ensure_numba()
     configure_threads(c["threads"])
@@ -52,14 +52,14 @@ def charrnn_model(c):
                       num_layers=c["L"])
     model = Model.from_config(cfg, seed=0)
     if c.get("low_memory"):                        # as `charrnn train --low-memory` sets it
-        from charrnn.train import recompute_chunk
+        from charrnn.training.loop import recompute_chunk
         model.recompute_steps = recompute_chunk(c["B"])
     return model
 
 
 def charrnn_train(c) -> dict:
     from charrnn.config import TrainConfig
-    from charrnn.optim import Optimizer
+    from charrnn.model.optim import Optimizer
 
     model = charrnn_model(c)
     opt = Optimizer(TrainConfig(clip=5.0), model)

@@ -30,8 +30,8 @@ def _time(fn, iters: int, warmup: int = 3) -> float:
 
 def bench_charrnn(a) -> float:
     from charrnn.config import ModelConfig
-    from charrnn.model import Model
-    from charrnn.runtime import configure_threads
+    from charrnn.model.network import Model
+    from charrnn.kernels.runtime import configure_threads
 
     configure_threads(a.threads)
     cfg = ModelConfig(cell=a.cell, vocab_size=a.vocab, hidden_size=a.hidden,

@@ -2,7 +2,7 @@
 
 The model of issue 9: a 2-layer 512-wide LSTM (one-hot input, V=96), B=50 streams,
 T=100, float32, Adam, ONE thread per rank.  Each configuration runs the trainer's
-step as charrnn.train does it (forward+backward on the rank's B/N streams, the
+step as charrnn.training.loop does it (forward+backward on the rank's B/N streams, the
 weighted in-place Allreduce of the flat gradient, the clipped Adam update) and reports:
 
 * chars/s: B*T / seconds per step (every rank trains on B/N streams of one B-batch);
@@ -45,10 +45,10 @@ def worker(a) -> None:
     """One rank (or the single process): time ``--steps`` training steps."""
     sys.path.insert(0, str(ROOT))
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.distributed import from_environment
-    from charrnn.model import Model
-    from charrnn.optim import Optimizer
-    from charrnn.runtime import ensure_numba, configure_threads
+    from charrnn.training.distributed import from_environment
+    from charrnn.model.network import Model
+    from charrnn.model.optim import Optimizer
+    from charrnn.kernels.runtime import ensure_numba, configure_threads
 
     ensure_numba()
     threads = configure_threads(a.threads)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from charrnn.store.checkpoint import save_model
 
 HERE = Path(__file__).resolve().parent
 V = 65                      # tinyshakespeare's vocabulary
@@ -193,13 +194,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(HERE.parent))
         from charrnn.config import ModelConfig
-        from charrnn.model import Model
-        from charrnn.vocab import Vocab
+        from charrnn.model.network import Model
+        from charrnn.store.vocab import Vocab
         vocab = Vocab([chr(32 + i) for i in range(V - 1)] + ["\n"])
         m = Model.from_config(ModelConfig(vocab_size=V, hidden_size=256, num_layers=2), seed=0)
         m.vocab = vocab
         ck = Path(tmp) / "m.safetensors"
-        m.save(ck)
+        save_model(ck, m)
         subprocess.run([*charrnn, "sample", str(ck), "-n", "100"], capture_output=True)
         sample_s = wall([*charrnn, "sample", str(ck), "-n", "100"])
         clean = clean_install_startup(ck)

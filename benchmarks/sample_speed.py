@@ -27,8 +27,8 @@ CONFIGS = [  # (label, layers, hidden, streams)
 
 def _model(L, H, V):
     from charrnn.config import ModelConfig
-    from charrnn.model import Model
-    from charrnn.vocab import Vocab
+    from charrnn.model.network import Model
+    from charrnn.store.vocab import Vocab
 
     chars = [chr(c) for c in range(32, 32 + V - 1)] + ["\n"]
     m = Model.from_config(ModelConfig(vocab_size=V, hidden_size=H, num_layers=L), seed=0)
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer characters (a smoke run)")
     a = ap.parse_args()
-    from charrnn.runtime import configure_threads
+    from charrnn.kernels.runtime import configure_threads
 
     configure_threads(a.threads)
     chars = 2000 if a.quick else a.chars

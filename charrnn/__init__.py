@@ -3,7 +3,7 @@
 ``import charrnn`` is cheap: numpy and numba load only when a model or kernel is
 first used (``charrnn.Model`` is resolved lazily), so ``charrnn --help`` starts fast.
 It has no side effects either: the command line tunes the process's threading
-environment when it starts (:func:`charrnn.runtime.tune_environment`); a library user
+environment when it starts (:func:`charrnn.kernels.runtime.tune_environment`); a library user
 may call that before importing numpy to get the same.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["Model", "ModelConfig", "DataConfig", "TrainConfig", "SampleConfig",
 
 def __getattr__(name):  # PEP 562: lazy public API
     if name == "Model":
-        from .model import Model
+        from .model.network import Model
         return Model
     if name in ("ModelConfig", "DataConfig", "TrainConfig", "SampleConfig"):
         from . import config

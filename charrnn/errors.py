@@ -3,7 +3,7 @@
 Every expected failure (bad input, corrupt checkpoint, impossible option combination)
 raises a :class:`CharrnnError` subclass whose message tells the user what is wrong and
 what to do.  The command line turns these into a single ``Error: ...`` line on stderr
-(see :func:`charrnn.cli.main`); nothing else in the library prints.
+(see :func:`charrnn.cli.app.main`); nothing else in the library prints.
 """
 from __future__ import annotations
 

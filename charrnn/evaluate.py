@@ -7,9 +7,9 @@ kernel.
 Conventions:
 
 * Text INPUT is read by the rule prepare reads text with
-  (:func:`charrnn.data.decode_stream`: ``encoding``/``errors``, a leading byte order
+  (:func:`charrnn.store.data.decode_stream`: ``encoding``/``errors``, a leading byte order
   mark dropped, NUL bytes near the start refused as binary) and normalised as the
-  model's vocabulary says (:meth:`charrnn.vocab.Vocab.normalize`: lower-cased when the
+  model's vocabulary says (:meth:`charrnn.store.vocab.Vocab.normalize`: lower-cased when the
   data was prepared with --lowercase) before it is encoded; ``--lines`` prints each line
   as it was read.
 * A text is read as the continuation of a newline (or, if the vocabulary has none, of
@@ -32,7 +32,7 @@ Conventions:
   that first reads the :data:`WARMUP` characters before it; close to the one pass, not
   equal to it, and several times faster on more than one core.
 * ``--data DIR --split S``: the prepared split's token ids, laid out by
-  :func:`charrnn.data.iter_eval_batches` as in training's validation (its n - 1
+  :func:`charrnn.store.data.iter_eval_batches` as in training's validation (its n - 1
   predictions; the first token is context).
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Encoder:
 
     def encode(self, text: str, score: Score) -> np.ndarray:
         """Ids (n',) int64; counts unknown characters into ``score``."""
-        from .vocab import codepoints
+        from .store.vocab import codepoints
 
         cps = codepoints(self.vocab.normalize(text))        # (n,)
         inside = cps < len(self.table)
@@ -305,12 +305,12 @@ def _open_input(name: str):
 def iter_text(names, read_bytes: int = READ_BYTES, eager: bool = False,
               encoding: str = "utf-8", errors: str = "strict"):
     """Decoded text of the inputs, piece by piece, each input read by
-    :func:`charrnn.data.decode_stream` (the rule prepare reads text with: a bad byte is
+    :func:`charrnn.store.data.decode_stream` (the rule prepare reads text with: a bad byte is
     an InputError with its offset when ``errors`` is "strict", a leading byte order mark
     is dropped, a NUL byte near the start is refused as binary).  ``eager`` returns
     whatever a pipe has ready (``read1``) instead of waiting for ``read_bytes``, so a
     slow writer's lines are answered as they come."""
-    from .data import codec_name, decode_stream
+    from .store.data import codec_name, decode_stream
 
     codec_name(encoding)                   # an unknown encoding before anything is read
     for name in names:
@@ -376,7 +376,7 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
     """Every next-character prediction of a prepared split, scored once: the one
     definition shared by training's validation and ``charrnn eval --split``.
 
-    The n - 1 predictions are laid out by :func:`charrnn.data.iter_eval_batches`: B
+    The n - 1 predictions are laid out by :func:`charrnn.store.data.iter_eval_batches`: B
     streams walked T steps at a time with the state carried, then the few trailing
     pairs as one more stream.  ``lut`` maps the data's ids to the model's.  With
     ``comm`` (MPI; a collective) each rank scores its share of the B streams (rank 0
@@ -384,7 +384,7 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
     Score.  ``should_stop`` is asked between windows (ScoringStopped when it says
     yes).  ``max_steps`` scores only the first positions of the B streams (the same
     characters every time) and no trailing stream: a part of the split."""
-    from .data import iter_eval_batches
+    from .store.data import iter_eval_batches
 
     S = (len(tokens) - 1) // int(batch_size)                # positions of each B stream
     n_main = -(-S // int(seq_len)) if S > 0 else 0          # windows of the B streams
@@ -426,7 +426,7 @@ def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
     """Score a prepared split exactly as training's validation does
     (:func:`score_tokens`: its n - 1 predictions)."""
     try:
-        from .data import Dataset
+        from .store.data import Dataset
     except ImportError:  # pragma: no cover - data.py ships with charrnn
         raise DataError("this charrnn cannot read prepared data directories") from None
     ds = Dataset(data_dir)

@@ -199,7 +199,7 @@ class Sampler:
             self.blas = int(bool(blas) and KS.HAVE_BLAS)
             if self.blas:
                 KS.load_blas()
-        from . import runtime
+        from .kernels import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
         self._threads = runtime.threads()
         self.groups = 1
@@ -316,7 +316,7 @@ def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
     of a wider model when BLAS has threads to split the rows over
     (benchmarks/sample_speed.py)."""
     if threads is None:
-        from . import runtime
+        from .kernels import runtime
         threads = runtime.threads()
     return N > 1 or (H > 256 and threads > 1)
 

@@ -48,9 +48,9 @@ def run_cli(*args, env=None, input=None, timeout=300, cwd=None):
 
 
 def run_main(argv, capsys, stdin_text: str | None = None):
-    """Run charrnn.cli.main in-process: (exit code, stdout, stderr).  ``stdin_text``
+    """Run charrnn.cli.app.main in-process: (exit code, stdout, stderr).  ``stdin_text``
     becomes sys.stdin for the call."""
-    from charrnn.cli import main
+    from charrnn.cli.app import main
 
     old = sys.stdin
     if stdin_text is not None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from charrnn import runtime
+from charrnn.kernels import runtime
 from charrnn.kernels import blas
 
 
@@ -130,7 +130,7 @@ def _env_after(code: str, **env):
 
 def test_openmp_workers_spin_unless_the_user_says():
     """The CLI's start (runtime.tune_environment) sets what the user did not."""
-    tune = "import os; from charrnn.runtime import tune_environment; tune_environment()"
+    tune = "import os; from charrnn.kernels.runtime import tune_environment; tune_environment()"
     assert _env_after(tune) == ["300000", "None", "4"]
     assert _env_after(tune, GOMP_SPINCOUNT="1000") == ["1000", "None", "4"]
     assert _env_after(tune, OMP_WAIT_POLICY="passive") == ["None", "passive", "4"]
@@ -139,7 +139,7 @@ def test_openmp_workers_spin_unless_the_user_says():
 
 def test_importing_charrnn_changes_no_environment_variable():
     code = ("import os; before = dict(os.environ); import charrnn, charrnn.config, "
-            "charrnn.model, charrnn.train, charrnn.sampling, charrnn.evaluate, charrnn.cli; "
+            "charrnn.model.network, charrnn.training.loop, charrnn.sampling, charrnn.evaluate, charrnn.cli.app; "
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     assert _env_after(code) == ["None", "None", "None"]
 
@@ -160,7 +160,7 @@ def test_the_command_line_tunes_its_environment(tmp_path):
 _CACHE_CHILD = """
 import sys
 import numpy as np
-from charrnn import runtime
+from charrnn.kernels import runtime
 runtime.configure_threads(int(sys.argv[1]))
 from charrnn.kernels import blas
 rng = np.random.default_rng(0)

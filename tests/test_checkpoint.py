@@ -10,13 +10,13 @@ import pytest
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from charrnn import checkpoint as ckpt
-from charrnn.checkpoint import (BEST_NAME, LATEST_NAME, load_model, model_from_checkpoint,
+from charrnn.store import checkpoint as ckpt
+from charrnn.store.checkpoint import (BEST_NAME, LATEST_NAME, load_model, model_from_checkpoint,
                                 read_checkpoint, read_header, resolve_checkpoint, save_model)
 from charrnn.config import ModelConfig
 from charrnn.errors import CheckpointError
-from charrnn.model import Model
-from charrnn.vocab import Vocab
+from charrnn.model.network import Model
+from charrnn.store.vocab import Vocab
 
 TEXT = "hello world\n"
 RNG_STATE = np.random.PCG64(7).state       # a train_state's "rng": a real PCG64 state

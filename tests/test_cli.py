@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn import __version__
-from charrnn.cli import cli
+from charrnn.cli.app import cli
 
 from conftest import run_main as invoke
 from conftest import run_cli
@@ -35,7 +35,7 @@ def test_version(capsys):
 
 def test_import_is_light():
     """`charrnn --help` must not pay for numpy or numba."""
-    code = ("import sys, charrnn.cli; "
+    code = ("import sys, charrnn.cli.app; "
             "print(sorted(m for m in ('numpy', 'numba', 'torch', 'safetensors') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -81,7 +81,7 @@ def test_unknown_command(capsys):
 
 
 def test_duration_type():
-    from charrnn.clitypes import Duration
+    from charrnn.cli.types import Duration
     d = Duration()
     assert d.convert("90", None, None) == 90
     assert d.convert("30m", None, None) == 1800

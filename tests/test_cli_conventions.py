@@ -20,9 +20,10 @@ import pytest
 
 from charrnn.config import DataConfig, ModelConfig, SampleConfig
 from charrnn.errors import ConfigError
-from charrnn.model import Model
+from charrnn.model.network import Model
 
 from conftest import make_text, run_cli
+from charrnn.store.checkpoint import load_model, save_model
 
 EMPTY_STDIN = ("Error: nothing to score: standard input is empty; give text on stdin, "
                "INPUT files, or --split val / --data DIR to score prepared data\n")
@@ -32,7 +33,7 @@ EMPTY_STDIN = ("Error: nothing to score: standard input is empty; give text on s
 def run(tmp_path_factory):
     """A run directory as training leaves it: a small model (random weights: the
     conventions do not depend on training) and the prepared data it names."""
-    from charrnn import data
+    from charrnn.store import data
 
     root = tmp_path_factory.mktemp("conventions")
     src = root / "corpus.txt"
@@ -43,14 +44,14 @@ def run(tmp_path_factory):
     m = Model.from_config(ModelConfig(vocab_size=len(ds.vocab), hidden_size=16,
                                       num_layers=1), 5)
     m.vocab = ds.vocab
-    m.save(root / "run" / "best.safetensors",
+    save_model(root / "run" / "best.safetensors", m,
            train_state={"data_dir": "data", "train_config": {"batch_size": 2, "seq_len": 64}})
     return root / "run"
 
 
 @pytest.fixture(scope="module")
 def val_chars(run):
-    from charrnn import data
+    from charrnn.store import data
 
     return len(data.Dataset(run / "data").split("val"))
 
@@ -93,7 +94,7 @@ def test_temperature_zero_is_greedy_and_ignores_top_k_top_p(run):
     # the argmax of the model itself, through the library
     from charrnn.sampling import sample_text
 
-    model = Model.load(run)
+    model = load_model(run)
     assert zero.stdout == sample_text(model, 80, greedy=True)[0].text
     assert zero.stdout == sample_text(model, 80, temperature=0.0, seed=9)[0].text
     # temperature 0 is not read as "the default": a drawn sample is another text

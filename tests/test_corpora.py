@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import corpora
-from charrnn.data import Dataset, fingerprint_sources, prepare
+from charrnn.store import corpora
+from charrnn.store.data import Dataset, fingerprint_sources, prepare
 from charrnn.errors import CorpusError
 
 from conftest import make_text
@@ -118,7 +118,7 @@ def test_sha256_mismatch_discards_the_download(server, cache, monkeypatch, tmp_p
 
 
 def test_cli_prepare_corpus_downloads(server, cache, monkeypatch, tmp_path, capsys):
-    from charrnn.cli import main
+    from charrnn.cli.app import main
     base, files, _ = server
     files["/t.txt"] = TEXT
     _entry(monkeypatch, "tinyshakespeare", url=f"{base}/t.txt", sha256=SHA, size=len(TEXT))

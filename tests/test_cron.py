@@ -10,10 +10,11 @@ import time
 
 import numpy as np
 
-from charrnn.checkpoint import read_checkpoint
-from charrnn.model import Model
+from charrnn.store.checkpoint import read_checkpoint
+from charrnn.model.network import Model
 
 from conftest import make_text, run_cli
+from charrnn.store.checkpoint import load_model
 
 ARGS = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--seq-len", "16",
         "--eval-every", "5", "--max-epochs", "0"]
@@ -26,8 +27,8 @@ def test_three_nights(tmp_path):
     # night 1
     r = run_cli("train", corpus, "-o", run, *ARGS, "--max-iters", "10", "--publish", pub)
     assert r.returncode == 0, r.stderr
-    assert Model.load(pub).vocab is not None
-    v1 = Model.load(run / "latest.safetensors")
+    assert load_model(pub).vocab is not None
+    v1 = load_model(run / "latest.safetensors")
 
     # night 2: the corpus grows with the same characters
     with open(corpus, "a", encoding="utf-8") as f:
@@ -59,16 +60,16 @@ def test_three_nights(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "vocabulary grown by 4 character(s) ('K', 'ß', 'ö', 'ü')" in r.stderr
     assert "re-scored best.safetensors on the new validation split" in r.stderr
-    v3 = Model.load(run / "latest.safetensors")
+    v3 = load_model(run / "latest.safetensors")
     assert v3.vocab.chars[:len(v1.vocab.chars)] == v1.vocab.chars
-    assert Model.load(pub).config.vocab_size == v3.config.vocab_size
+    assert load_model(pub).config.vocab_size == v3.config.vocab_size
 
 
 def test_grow_keeps_every_existing_row():
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.optim import Optimizer
-    from charrnn.runs import grow_model_vocab
-    from charrnn.vocab import Vocab
+    from charrnn.model.optim import Optimizer
+    from charrnn.training.runs import grow_model_vocab
+    from charrnn.store.vocab import Vocab
 
     vocab = Vocab.from_text("abcdef \n")
     for embed in (0, 4):
@@ -113,7 +114,7 @@ def test_published_model_is_always_loadable(tmp_path):
         while not stop.is_set():
             if pub.exists():
                 try:
-                    Model.load(pub)
+                    load_model(pub)
                     loads += 1
                 except Exception as e:      # any failure to read is a test failure
                     errors.append(repr(e))

@@ -1,4 +1,4 @@
-"""charrnn.data: prepare's token files and vocabulary, splits, encodings, folders, atomic
+"""charrnn.store.data: prepare's token files and vocabulary, splits, encodings, folders, atomic
 output, Dataset's checks, and the TBPTT batch layout (StreamBatches, iter_eval_batches)."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import data as data_mod
+from charrnn.store import data as data_mod
 from charrnn.config import DataConfig
-from charrnn.data import (Dataset, StreamBatches, fingerprint_sources, iter_eval_batches,
+from charrnn.store.data import (Dataset, StreamBatches, fingerprint_sources, iter_eval_batches,
                           prepare, resolve_inputs)
 from charrnn.errors import DataError, InputError, VocabError
-from charrnn.vocab import Vocab
+from charrnn.store.vocab import Vocab
 
 from conftest import make_text
 

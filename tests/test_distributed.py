@@ -1,4 +1,4 @@
-"""MPI data-parallel training (charrnn.distributed).
+"""MPI data-parallel training (charrnn.training.distributed).
 
 The first part needs no MPI: the pure decision logic of the Comm layer, the launcher
 detection, the clear error when mpi4py is missing, and the arithmetic data-parallel
@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import distributed as D
-from charrnn.checkpoint import read_checkpoint
-from charrnn.cli import main
+from charrnn.training import distributed as D
+from charrnn.store.checkpoint import read_checkpoint
+from charrnn.cli.app import main
 from charrnn.config import ModelConfig
 from charrnn.errors import ConfigError, Interrupted, LockError, TrainingDiverged
-from charrnn.model import Model
+from charrnn.model.network import Model
 
 from conftest import ROOT, make_text, run_cli
+from charrnn.store.checkpoint import load_model
 
 SMALL = ["--cell", "lstm", "--layers", "2", "--hidden", "16", "--batch-size", "4",
          "--seq-len", "16", "--eval-every", "5", "--dropout", "0.3", "--threads", "1"]
@@ -112,7 +113,7 @@ def test_plain_run_does_not_import_mpi4py():
     code = ("import sys, os\n"
             "for v in list(os.environ):\n"
             "    if v.startswith(('OMPI_', 'PMI_', 'PMIX_')): del os.environ[v]\n"
-            "from charrnn.distributed import from_environment\n"
+            "from charrnn.training.distributed import from_environment\n"
             "assert from_environment() is None\n"
             "assert 'mpi4py' not in sys.modules\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -258,7 +259,7 @@ def mpirun_train(n, *args, timeout=180):
 
 
 def params(run, name="latest.safetensors"):
-    return Model.load(Path(run) / name).flat.copy()
+    return load_model(Path(run) / name).flat.copy()
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +398,7 @@ def test_batch_not_divisible_is_one_clear_error(mpi, corpus, tmp_path):
 
 @pytest.mark.mpi
 def test_lock_held_stops_every_rank(mpi, corpus, tmp_path):
-    from charrnn.lock import RunLock
+    from charrnn.training.lock import RunLock
 
     run = tmp_path / "run"
     run.mkdir()
@@ -431,9 +432,9 @@ def test_distributed_flag_alone_is_a_one_rank_mpi_run(mpi, corpus, tmp_path):
 
 _FAULT = """
 import os, sys
-from charrnn import model as M
+from charrnn.model import network as M
 
-import charrnn.train as T
+import charrnn.training.loop as T
 orig, calls, warming = M.Model.forward_backward, [0], [False]
 real_warm = T.Trainer._warm_up
 rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))
@@ -459,7 +460,7 @@ def faulty(self, *a, **k):
 
 M.Model.forward_backward = faulty
 T.Trainer._warm_up = warm
-from charrnn.cli import main
+from charrnn.cli.app import main
 main(sys.argv[1:])
 """
 

@@ -15,8 +15,9 @@ import pytest
 
 from charrnn import evaluate as E
 from charrnn.config import ModelConfig
-from charrnn.model import Model
-from charrnn.vocab import Vocab
+from charrnn.model.network import Model
+from charrnn.store.vocab import Vocab
+from charrnn.store.checkpoint import save_model
 
 TEXT = "hello world, the quick brown fox.\nAnd more lines here!\n\nthe end\n"
 
@@ -32,7 +33,7 @@ def _model(dtype="float64", vocab=None, cell="lstm", **kw):
 @pytest.fixture
 def ckpt(tmp_path):
     p = tmp_path / "m.safetensors"
-    _model().save(p)
+    save_model(p, _model())
     return p
 
 
@@ -83,7 +84,7 @@ def test_windows_and_reads_carry_the_state(tmp_path):
 def test_unknown_characters(tmp_path, invoke):
     m = _model()
     p = tmp_path / "m.safetensors"
-    m.save(p)
+    save_model(p, m)
     code, out, err = invoke(["eval", p, "-"], input="h\u00fcll\u20aco\n")
     assert code == 0
     ref, _ = _reference_loss(m, "hllo\n")
@@ -94,7 +95,7 @@ def test_unknown_characters(tmp_path, invoke):
     v = Vocab.from_text(TEXT, min_count=2)
     mu = _model(vocab=v)
     pu = tmp_path / "u.safetensors"
-    mu.save(pu)
+    save_model(pu, mu)
     code, out, err = invoke(["eval", pu, "-", "--json"], input="hello \u00fc")
     rec = json.loads(out)
     ids = mu.vocab.encode("\nhello \u00fc", what="t").astype(np.int64)
@@ -321,7 +322,7 @@ def test_lines_stream_in_a_real_pipe(ckpt):
 # ---------------------------------------------------------------------- --data, defaults, errors
 
 def test_eval_data_split(tmp_path, invoke):
-    from charrnn import data
+    from charrnn.store import data
     src = tmp_path / "c.txt"
     src.write_text(TEXT * 40, encoding="utf-8")
     from charrnn.config import DataConfig
@@ -330,7 +331,7 @@ def test_eval_data_split(tmp_path, invoke):
     ds = data.Dataset(tmp_path / "d")
     m = _model(vocab=ds.vocab)
     p = tmp_path / "m.safetensors"
-    m.save(p)
+    save_model(p, m)
     code, out, err = invoke(["eval", p, "--data", tmp_path / "d", "--json"])
     assert code == 0, err
     rec = json.loads(out)
@@ -346,7 +347,7 @@ def test_eval_data_split(tmp_path, invoke):
     # a training checkpoint that names its data: --split scores that split (the default
     # input at a terminal: tests/test_cli_conventions.py), laid out with its batch size
     # (1 here: one pass over the split)
-    m.save(p, train_state={"data_dir": str(tmp_path / "d"),
+    save_model(p, m, train_state={"data_dir": str(tmp_path / "d"),
                            "train_config": {"batch_size": 1, "seq_len": 17}})
     code, out2, err = invoke(["eval", p, "--json", "--split", "val"])
     lp, _ = m.log_probs(tok[None, :-1], tok[None, 1:])

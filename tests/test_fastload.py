@@ -1,4 +1,4 @@
-"""charrnn.fastload: cached kernels load without numba's registries, from a cached NRT.
+"""charrnn.kernels.fastload: cached kernels load without numba's registries, from a cached NRT.
 
 Each check runs in a fresh interpreter (what is loaded, and how, is decided once per
 process) on a private copy of the suite's numba cache."""
@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import runtime
+from charrnn.kernels import runtime
 
 # Trains two steps of a small LSTM, prints the loss, the fastload counters and whether
 # numba imported its lowering registries (numba.np.arraymath is one of them).
 PROBE = r"""
 import json, sys
 import numpy as np
-from charrnn import fastload
+from charrnn.kernels import fastload
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import Model
-from charrnn.optim import Optimizer
+from charrnn.model.network import Model
+from charrnn.model.optim import Optimizer
 m = Model.from_config(ModelConfig(cell="lstm", vocab_size=7, hidden_size=6, num_layers=2,
                                   dtype="float32"), seed=3)
 opt = Optimizer(TrainConfig(clip=5.0), m)
@@ -66,7 +66,7 @@ def cache_dir(tmp_path):
 
     runtime._choose_cache_dir()
     shared = runtime.numba_cache_dir()
-    kernels = Path(runtime.__file__).resolve().parent / "kernels"
+    kernels = Path(runtime.__file__).resolve().parent
     from numba.core.caching import _CacheLocator
 
     root = tmp_path / "numba-cache"
@@ -148,7 +148,7 @@ def test_damaged_nrt_cache_is_compiled_again(cache_dir):
 
 
 def test_nrt_cache_file_format_round_trips():
-    from charrnn import fastload
+    from charrnn.kernels import fastload
 
     data = fastload._pack(b"\x7fELF object", b"BC\xc0\xde")
     assert fastload._unpack(data) == (b"\x7fELF object", b"BC\xc0\xde")
@@ -162,7 +162,7 @@ def test_nrt_cache_file_format_round_trips():
 def test_plain_numba_path_when_the_patch_does_not_apply(cache_dir):
     """If a numba release changes what fastload relies on, kernels load (or compile)
     through numba's own path and give the same numbers."""
-    broken = ("from charrnn import fastload\n"
+    broken = ("from charrnn.kernels import fastload\n"
               "def _gone(*a, **k):\n"
               "    raise AttributeError('numba internals changed')\n"
               "fastload.init_nrt = _gone\n")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn.checkpoint import read_checkpoint
-from charrnn.model import Model
+from charrnn.store.checkpoint import read_checkpoint
 
 from conftest import make_text, run_cli
+from charrnn.store.checkpoint import load_model
 
 ARGS = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--seq-len", "16",
         "--eval-every", "5", "--max-epochs", "0"]
@@ -92,13 +92,13 @@ def test_random_sigkills_lose_nothing_and_resume_bit_exact(corpus, tmp_path):
         proc.wait()
         kills += 1
         if (run / "latest.safetensors").exists():
-            Model.load(run / "latest.safetensors")           # always a complete file
+            load_model(run / "latest.safetensors")           # always a complete file
             read_checkpoint(run / "latest.safetensors")
     assert kills >= 4
     r = run_cli("train", corpus, "-o", run, *args)
     assert r.returncode == 0, r.stderr
-    assert np.array_equal(Model.load(run / "latest.safetensors").flat,
-                          Model.load(tmp_path / "ref" / "latest.safetensors").flat)
+    assert np.array_equal(load_model(run / "latest.safetensors").flat,
+                          load_model(tmp_path / "ref" / "latest.safetensors").flat)
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
 
 
@@ -155,7 +155,7 @@ def test_corrupt_checkpoints_are_one_line_errors(trained, tmp_path, invoke):
     bad = tmp_path / "bad"
     bad.mkdir()
     cases = _damaged_copies(trained / "latest.safetensors", bad)
-    from charrnn.cli import cli
+    from charrnn.cli.app import cli
     commands = [["info"], ["sample", "-n", "5"], ["eval", str(trained / "data" / "val.bin")],
                 ["train", str(trained / "data"), "-o", str(tmp_path / "ft"), "--max-iters", "1",
                  "--init-from"]]
@@ -191,7 +191,7 @@ def test_readers_always_see_complete_checkpoints_while_training(corpus, tmp_path
         while proc.poll() is None:
             if (run / "best.safetensors").exists() and (run / "latest.safetensors").exists():
                 for name in ("latest.safetensors", "best.safetensors"):
-                    Model.load(run / name)
+                    load_model(run / name)
                     reads += 1
             time.sleep(0.01)
     finally:

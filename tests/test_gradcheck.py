@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charrnn.config import ModelConfig
-from charrnn.model import Model
+from charrnn.model.network import Model
 
 B, T, H, V = 2, 3, 5, 7
 EPS = 1e-5

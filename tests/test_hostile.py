@@ -50,7 +50,7 @@ def _read(path):
 
 def _sign(meta: dict, tensors: dict) -> dict:
     """``meta`` with a checksum table that charrnn accepts for ``tensors``."""
-    from charrnn import checkpoint as ck
+    from charrnn.store import checkpoint as ck
 
     meta = {k: v for k, v in meta.items() if k != "checksums"}
     sums = {k: ck._tensor_digest(v) for k, v in tensors.items()}
@@ -128,7 +128,7 @@ def _sparse_giant(base, dst):
     """A consistent header for LSTM 2 x 16384 (about 13 GB of float32) over a sparse
     file of that size: every header check passes, the memory check must refuse it."""
     from charrnn.config import ModelConfig
-    from charrnn.model import Model
+    from charrnn.model.network import Model
 
     meta, _ = _read(base)
     cfg = {**json.loads(meta["config"]), "hidden_size": 16384, "num_layers": 2}
@@ -142,7 +142,7 @@ def _sparse_giant(base, dst):
     m["kind"] = "model"
     m["config"] = json.dumps(cfg)
     sums = {name: "00000000" for name in header}
-    from charrnn import checkpoint as ck
+    from charrnn.store import checkpoint as ck
 
     sums["__metadata__"] = ck._metadata_digest(m)
     m["checksums"] = json.dumps(sums)
@@ -465,8 +465,8 @@ def _drive(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     os.environ["CHARRNN_THREADS"] = "1"
     os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
-    import charrnn.cli as cli
-    from charrnn import runtime
+    import charrnn.cli.app as cli
+    from charrnn.kernels import runtime
 
     # Imported once here rather than in every child, but nothing that starts numba's
     # threads (runtime.ensure_numba, the kernel modules): a child of a process whose
@@ -475,7 +475,7 @@ def _drive(spec_path: str) -> None:
     import numba  # noqa: F401
     import charrnn.evaluate  # noqa: F401
     import charrnn.sampling  # noqa: F401
-    import charrnn.train  # noqa: F401
+    import charrnn.training.loop  # noqa: F401
 
     jobs = list(spec["jobs"])
     tmp = Path(spec["tmp"])
@@ -652,7 +652,7 @@ def test_shapes_are_checked_before_anything_is_allocated(base, tmp_path):
     (it used to reach 3.1 GB before the shape error)."""
     import tracemalloc
 
-    from charrnn.checkpoint import read_checkpoint
+    from charrnn.store.checkpoint import read_checkpoint
     from charrnn.errors import CheckpointError
 
     p = craft(base / "run" / "latest.safetensors", tmp_path / "h.safetensors",
@@ -668,7 +668,7 @@ def test_shapes_are_checked_before_anything_is_allocated(base, tmp_path):
 
 
 def test_a_model_that_cannot_fit_is_refused_with_one_message(base, monkeypatch, invoke):
-    from charrnn import checkpoint as ck
+    from charrnn.store import checkpoint as ck
 
     src = base / "run" / "latest.safetensors"
     h = ck.inspect_header(src)
@@ -684,9 +684,9 @@ def test_a_model_that_cannot_fit_is_refused_with_one_message(base, monkeypatch, 
 
 
 def test_available_memory_respects_an_address_space_limit():
-    from charrnn.checkpoint import available_memory
+    from charrnn.store.checkpoint import available_memory
 
-    code = ("import resource; from charrnn.checkpoint import available_memory; "
+    code = ("import resource; from charrnn.store.checkpoint import available_memory; "
             "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
             "print(available_memory())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -725,7 +725,7 @@ def test_the_config_ranges_are_the_cli_ranges():
     """ModelConfig.validate and `charrnn train`'s options agree on every size."""
     import click
 
-    from charrnn.commands.train import OPTIONS
+    from charrnn.cli.train import OPTIONS
     from charrnn.config import MAX_EMBED, MAX_HIDDEN, MAX_LAYERS, ModelConfig
     from charrnn.errors import ConfigError
 

@@ -5,7 +5,7 @@ their recorded sha256 recomputed so that only the structural checks can catch th
 given to ``charrnn train DIR`` and ``charrnn eval CKPT --data DIR`` in a subprocess under
 an address-space limit and a timeout: each must exit 1 with exactly one ``Error:`` line,
 no traceback and no "internal error".  Then the streams: ``prepare /dev/zero``, an
-endless ``prepare -`` (stopped by the free-space check, reached with charrnn.data's
+endless ``prepare -`` (stopped by the free-space check, reached with charrnn.store.data's
 ``CHARRNN_TEST_DISK_FREE`` instead of a full disk), SIGTERM during a slow stream; two
 prepares into one directory; and a corpus cache changed after its download.
 """
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import corpora
-from charrnn import data as data_mod
-from charrnn.data import Dataset, prepare
+from charrnn.store import corpora
+from charrnn.store import data as data_mod
+from charrnn.store.data import Dataset, prepare
 from charrnn.errors import CorpusError, DataError, Interrupted, InputError, VocabError
-from charrnn.vocab import Vocab
+from charrnn.store.vocab import Vocab
 
 from conftest import make_text, run_main
 
@@ -364,8 +364,8 @@ def base(tmp_path_factory):
 # started when the kernels are imported, refuse a fork.
 _FORKER = r"""
 import json, os, resource, signal, sys, time
-import charrnn.cli, charrnn.train, charrnn.evaluate, charrnn.checkpoint, charrnn.data
-import charrnn.model, charrnn.runtime, charrnn.cells.lstm, charrnn.kernels.steps
+import charrnn.cli.app, charrnn.training.loop, charrnn.evaluate, charrnn.store.checkpoint, charrnn.store.data
+import charrnn.model.network, charrnn.kernels.runtime, charrnn.model.cells.lstm, charrnn.kernels.steps
 limit = int(sys.argv[1])
 for line in sys.stdin:
     job = json.loads(line)
@@ -380,7 +380,7 @@ for line in sys.stdin:
             os.dup2(fd, 2); os.dup2(fd, 1)
             null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
             try:
-                charrnn.cli.main(job["argv"])
+                charrnn.cli.app.main(job["argv"])
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1

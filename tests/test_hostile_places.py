@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_text, run_cli
+from charrnn.store.checkpoint import load_model, save_model
 
 TINY = ["--layers", "1", "--hidden", "16", "--batch-size", "4", "--seq-len", "16"]
 
@@ -58,7 +59,7 @@ def test_publish_never_writes_through_planted_symlinks(tmp_path, trained):
 
 
 def test_stale_temporaries_of_live_writers_are_kept(tmp_path):
-    from charrnn.fsutil import remove_stale_temps
+    from charrnn.store.fsutil import remove_stale_temps
 
     live = tmp_path / f".x.bin.tmp-{os.getpid()}-abc123"
     dead = tmp_path / ".x.bin.tmp-999999999-abc123"
@@ -70,7 +71,7 @@ def test_stale_temporaries_of_live_writers_are_kept(tmp_path):
 
 
 def test_atomic_write_errors_name_the_target_not_the_temporary(tmp_path):
-    from charrnn.fsutil import atomic_write_bytes
+    from charrnn.store.fsutil import atomic_write_bytes
 
     target = tmp_path / "missing" / "out.bin"
     with pytest.raises(OSError) as e:
@@ -83,10 +84,9 @@ def test_atomic_write_errors_name_the_target_not_the_temporary(tmp_path):
 
 def test_start_ids_outside_the_weights_are_refused(trained):
     from charrnn.errors import InputError
-    from charrnn.model import Model
     from charrnn.sampling import Sampler
 
-    model = Model.load(trained[1])
+    model = load_model(trained[1])
     s = Sampler(model, 1, seed=1)
     s.cur[:] = model.config.vocab_size                        # one past the last row
     with pytest.raises(InputError, match="symbol ids must be in"):
@@ -99,9 +99,8 @@ def test_start_ids_outside_the_weights_are_refused(trained):
 @pytest.mark.parametrize("streams", [1, 3])
 def test_a_long_prime_fed_in_pieces_equals_one_piece(trained, monkeypatch, streams):
     import charrnn.sampling as S
-    from charrnn.model import Model
 
-    model = Model.load(trained[1])
+    model = load_model(trained[1])
     prime = make_text(1000, seed=5)
     whole = S.sample_text(model, 40, prime=prime, seed=3, num_samples=streams)
     monkeypatch.setattr(S, "PRIME_PIECE", 7)                  # 143 pieces of the prime
@@ -124,13 +123,12 @@ def test_prime_file_with_a_nul_byte_is_refused(tmp_path, trained):
 def overflowing(trained, tmp_path_factory):
     """A checkpoint with finite weights so large that the logits overflow to infinity
     (every row alike: the log-softmax is inf - inf, NaN)."""
-    from charrnn.model import Model
 
-    model = Model.load(trained[1])
+    model = load_model(trained[1])
     model.params["head.weight"][...] = 3e38
     model.params["head.bias"][...] = 3e38
     path = tmp_path_factory.mktemp("overflow") / "big.safetensors"
-    model.save(path)
+    save_model(path, model)
     return path
 
 
@@ -153,7 +151,7 @@ def test_sample_json_is_valid_json_whatever_the_scores(overflowing):
 
 _COMPILING = r"""
 import os, signal, sys
-from charrnn import runtime
+from charrnn.kernels import runtime
 from charrnn.errors import Interrupted
 runtime.ensure_numba()
 runtime.defer_signals_while_compiling()

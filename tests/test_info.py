@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from charrnn.config import ModelConfig
-from charrnn.inspect import checkpoint_info, format_duration, sparkline
-from charrnn.model import Model
-from charrnn.vocab import Vocab
+from charrnn.info import checkpoint_info, format_duration, sparkline
+from charrnn.model.network import Model
+from charrnn.store.vocab import Vocab
+from charrnn.store.checkpoint import save_model
 
 TEXT = "hello world, the quick brown fox.\nAnd more lines here!\n"
 
@@ -32,9 +33,9 @@ TS = {"iteration": 120, "epoch": 3, "best_val_loss": 1.5, "elapsed": 3723.4,
 def run_dir(tmp_path):
     run = tmp_path / "run"
     m = _model(peepholes=True)
-    m.save(run / "best.safetensors", train_state=TS,
+    save_model(run / "best.safetensors", m, train_state=TS,
            extra_tensors={"optim.m": np.zeros(3, np.float32)})
-    m.save(run / "latest.safetensors", train_state={**TS, "iteration": 130})
+    save_model(run / "latest.safetensors", m, train_state={**TS, "iteration": 130})
     with open(run / "metrics.jsonl", "w", encoding="utf-8") as f:
         for i in range(12):
             f.write(json.dumps({"iter": 10 * i, "epoch": i / 4, "train_loss": 3 - 0.1 * i,
@@ -81,7 +82,7 @@ def test_info_plain_output(run_dir, invoke):
 
 def test_model_checkpoint_without_training(tmp_path, invoke):
     p = tmp_path / "m.safetensors"
-    _model(cell="gru", gru_reset="before", embed_size=4).save(p)
+    save_model(p, _model(cell="gru", gru_reset="before", embed_size=4))
     info = checkpoint_info(p, verify=False)
     assert info["checksums"] == "not verified"
     assert info["training"] is None and info["kind"] == "model" and info["metrics"] is None
@@ -113,7 +114,7 @@ def _future_version(src, dst):
 @pytest.mark.parametrize("command", ["info", "sample", "eval"])
 def test_broken_checkpoints_are_one_line_errors(tmp_path, invoke, command):
     good = tmp_path / "good.safetensors"
-    _model().save(good)
+    save_model(good, _model())
     raw = good.read_bytes()
     cases = {}
     cases["missing"] = (tmp_path / "nope.safetensors", "no such file or directory")

@@ -13,11 +13,11 @@ import time
 import pytest
 
 from charrnn.errors import ExitStatus, LockError
-from charrnn.lock import RunLock
+from charrnn.training.lock import RunLock
 
 HOLDER = textwrap.dedent("""
     import sys
-    from charrnn.lock import RunLock
+    from charrnn.training.lock import RunLock
     with RunLock(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.read()          # hold until the test closes our stdin
@@ -35,7 +35,7 @@ FLOCKER = textwrap.dedent("""
 COMPETITOR = textwrap.dedent("""
     import sys, time
     from charrnn.errors import LockError
-    from charrnn.lock import RunLock
+    from charrnn.training.lock import RunLock
     go = float(sys.argv[2])
     while time.time() < go:
         time.sleep(0.001)

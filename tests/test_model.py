@@ -5,7 +5,7 @@ import pytest
 import naive
 from charrnn.config import ModelConfig
 from charrnn.errors import CharrnnError, ConfigError, InputError
-from charrnn.model import Model
+from charrnn.model.network import Model
 
 V, H = 7, 5
 
@@ -215,7 +215,7 @@ def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout
     rounding (their sums run chunk by chunk; the same bits with one chunk), for chunks
     that do and do not divide T, rebuilt in blocks of steps, with the dense input
     products inside the time loop or once per chunk."""
-    import charrnn.cells as C
+    import charrnn.model.cells as C
 
     monkeypatch.setattr(C, "PER_STEP_BYTES", 1 << 40 if per_step else 0)
     monkeypatch.setattr(C, "RECOMPUTE_ROWS", 8)     # blocks of 2 steps of 4 rows
@@ -248,8 +248,8 @@ def test_recompute_equals_keeping_the_gates(cell, opts, embed, residual, dropout
 def test_input_products_per_step_or_per_pass_are_the_same_bits(cell, opts, dtype,
                                                                monkeypatch):
     """Dense-input layers make x W_ih^T + b_ih and d(pre) W_ih inside the time loop or
-    as one product per pass (charrnn.cells.PER_STEP_BYTES): the same numbers."""
-    import charrnn.cells as C
+    as one product per pass (charrnn.model.cells.PER_STEP_BYTES): the same numbers."""
+    import charrnn.model.cells as C
 
     cfg = _cfg(cell=cell, num_layers=3, embed_size=4, residual=True, dtype=dtype, **opts)
     x, y = _xy(20, 6, seed=4)                 # 20 rows: both threads get rows

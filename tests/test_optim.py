@@ -8,7 +8,7 @@ import pytest
 
 from charrnn.config import TrainConfig
 from charrnn.errors import CheckpointError, ConfigError
-from charrnn.optim import Optimizer, grad_norm, make_optimizer
+from charrnn.model.optim import Optimizer, grad_norm, make_optimizer
 
 OPTS = ("adam", "adamw", "sgd", "rmsprop")
 N = 8192 * 2 + 37          # spans three chunks of the norm kernel

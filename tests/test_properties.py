@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.sampling import draw_from_logits
-from charrnn.vocab import UNK_DEFAULT, Vocab
+from charrnn.store.vocab import UNK_DEFAULT, Vocab
 
 text_st = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1,
                   max_size=200)

@@ -1,9 +1,9 @@
-"""charrnn.runtime: thread settings and the row-split BLAS product."""
+"""charrnn.kernels.runtime: thread settings and the row-split BLAS product."""
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from charrnn import runtime
+from charrnn.kernels import runtime
 
 
 def test_blas_runs_on_one_thread_after_configure():

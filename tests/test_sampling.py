@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from charrnn.config import ModelConfig
-from charrnn.model import Model
+from charrnn.model.network import Model
 from charrnn.sampling import (Sampler, _StopScanner, draw_from_logits,
                               sample_text, seed_streams)
-from charrnn.vocab import Vocab
+from charrnn.store.vocab import Vocab
+from charrnn.store.checkpoint import save_model
 
 TEXT = "hello world, the quick brown fox.\nAnd more lines here!\n"
 
@@ -32,7 +33,7 @@ def _model(cell="lstm", dtype="float64", L=2, H=8, vocab=None, seed=1, **kw):
 @pytest.fixture
 def ckpt(tmp_path):
     p = tmp_path / "m.safetensors"
-    _model(dtype="float32").save(p)
+    save_model(p, _model(dtype="float32"))
     return p
 
 
@@ -150,7 +151,8 @@ def test_packed_streams_split_between_threads_change_nothing(cell, kw, monkeypat
     """Several streams use the packed-weight kernel in groups on numba's threads: the
     same ids and log-probs for any number of groups, stream i the same for any N, and
     the numbers of the loops to rounding."""
-    from charrnn import runtime, sampling
+    from charrnn.kernels import runtime
+    from charrnn import sampling
     from charrnn.kernels import sample as KS
 
     m = _model(cell, dtype="float64", **kw)
@@ -332,7 +334,7 @@ def test_cli_prime_outside_vocabulary(ckpt, invoke, tmp_path):
     v = Vocab.from_text(TEXT, min_count=2)
     assert v.unk is not None
     p = tmp_path / "unk.safetensors"
-    _model(vocab=v, dtype="float32").save(p)
+    save_model(p, _model(vocab=v, dtype="float32"))
     code, out, err = invoke(["sample", str(p), "-n", "5", "--prime", "h\u00fcll\u20aco"])
     assert code == 0 and out.startswith("h\u00fcll\u20aco") and len(out) == 11
     assert ("Warning: prime text has 2 character(s) not in the model's vocabulary "
@@ -405,8 +407,8 @@ def test_same_text_with_one_or_two_threads(ckpt, invoke):
 
 def test_run_directory_best_or_latest(tmp_path, invoke):
     run = tmp_path / "run"
-    _model(dtype="float32", seed=1).save(run / "best.safetensors", train_state={"iteration": 1})
-    _model(dtype="float32", seed=2).save(run / "latest.safetensors", train_state={"iteration": 2})
+    save_model(run / "best.safetensors", _model(dtype="float32", seed=1), train_state={"iteration": 1})
+    save_model(run / "latest.safetensors", _model(dtype="float32", seed=2), train_state={"iteration": 2})
     best = invoke(["sample", run, "-n", "40", "--seed", "3"])
     latest = invoke(["sample", run, "-n", "40", "--seed", "3", "--latest"])
     direct = invoke(["sample", run / "latest.safetensors", "-n", "40", "--seed", "3"])

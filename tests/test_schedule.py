@@ -7,7 +7,7 @@ import pytest
 
 from charrnn.config import TrainConfig
 from charrnn.errors import ConfigError
-from charrnn.schedule import lr_at, step_decays, total_iterations, warmup_factor
+from charrnn.model.schedule import lr_at, step_decays, total_iterations, warmup_factor
 
 
 def cfg(**kw):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from charrnn.model import Model
+from charrnn.model.network import Model
 
 from conftest import make_text, run_cli
 

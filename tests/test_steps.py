@@ -4,9 +4,10 @@ step kernel works row by row), for every cell and option, forward and backward."
 import numpy as np
 import pytest
 
-from charrnn import cells, runtime
+from charrnn.model import cells
+from charrnn.kernels import runtime
 from charrnn.config import ModelConfig
-from charrnn.model import Model
+from charrnn.model.network import Model
 
 V = 7
 

@@ -1,7 +1,7 @@
 """Text in, the way prepare takes it (issue 28, items 13-15): one decoding rule for
 prepare and eval (a leading byte order mark dropped, NUL bytes refused, line ends kept),
 the vocabulary's --lowercase applied by eval and sample --prime, prepare's data options
-defined once (``charrnn.commands._dataopts``) and honoured by ``resolve_training_data``."""
+defined once (``charrnn.cli.dataopts``) and honoured by ``resolve_training_data``."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charrnn.checkpoint import LATEST_NAME
-from charrnn.commands._dataopts import DATA_FIELDS, data_config, data_options
+from charrnn.store.checkpoint import LATEST_NAME
+from charrnn.cli.dataopts import DATA_FIELDS, data_config, data_options
 from charrnn.config import DataConfig
-from charrnn.data import Dataset, codec_name, decode_stream, prepare
+from charrnn.store.data import Dataset, codec_name, decode_stream, prepare
 from charrnn.errors import ConfigError, InputError, VocabError
-from charrnn.runs import resolve_training_data
+from charrnn.training.runs import resolve_training_data
 from charrnn.sampling import encode_prime
-from charrnn.vocab import Vocab
+from charrnn.store.vocab import Vocab
 
 from conftest import make_text, run_cli
 

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import Model
-from charrnn.optim import make_optimizer
+from charrnn.model.network import Model
+from charrnn.model.optim import make_optimizer
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "torch_parity.npz"
 FORMAT = 1

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch parity needs PyTorch")
 
 from charrnn.config import ModelConfig  # noqa: E402
-from charrnn.model import Model  # noqa: E402
+from charrnn.model.network import Model  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

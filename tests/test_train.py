@@ -13,18 +13,19 @@ import time
 import numpy as np
 import pytest
 
-from charrnn.checkpoint import read_checkpoint
-from charrnn.model import Model
+from charrnn.store.checkpoint import read_checkpoint
+from charrnn.model.network import Model
 
 from conftest import run_main as invoke
 from conftest import make_text, run_cli
+from charrnn.store.checkpoint import load_model
 
 SMALL = ["--cell", "lstm", "--layers", "1", "--hidden", "16", "--batch-size", "4",
          "--seq-len", "16", "--eval-every", "5"]
 
 
 def params(run, name="latest.safetensors"):
-    return Model.load(run / name).flat.copy()
+    return load_model(run / name).flat.copy()
 
 
 def test_loss_decreases_and_run_dir_layout(text_file, tmp_path, capsys):
@@ -37,7 +38,7 @@ def test_loss_decreases_and_run_dir_layout(text_file, tmp_path, capsys):
     assert [r["iter"] for r in evals] == list(range(5, 61, 5))
     assert recs[-1]["event"] == "done" and recs[-1]["stopped"] == "max_iters"
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3
-    assert evals[-1]["val_loss"] < math.log(len(Model.load(run).vocab))
+    assert evals[-1]["val_loss"] < math.log(len(load_model(run).vocab))
     assert abs(evals[-1]["val_bpc"] - evals[-1]["val_loss"] / math.log(2)) < 1e-5
     for name in ("latest.safetensors", "best.safetensors", "metrics.jsonl", "data/meta.json"):
         assert (run / name).exists(), name
@@ -92,7 +93,7 @@ def test_resume_takes_saved_options_and_refuses_conflicts(text_file, tmp_path, c
     code, _, err = invoke(["train", text_file, "-o", run, "--max-iters", "10",
                            "--eval-every", "5"], capsys)
     assert code == 0, err
-    assert Model.load(run).config.hidden_size == 16
+    assert load_model(run).config.hidden_size == 16
     code, out, err = invoke(["train", text_file, "-o", run, "--hidden", "32",
                              "--max-iters", "20"], capsys)
     assert code == 1 and out == ""
@@ -102,7 +103,7 @@ def test_resume_takes_saved_options_and_refuses_conflicts(text_file, tmp_path, c
     code, _, err = invoke(["train", text_file, "-o", run, *SMALL, "--hidden", "32",
                            "--max-iters", "5", "--restart"], capsys)
     assert code == 0, err
-    assert Model.load(run).config.hidden_size == 32
+    assert load_model(run).config.hidden_size == 32
 
 
 def test_low_memory_trains_alike_and_can_be_toggled_on_resume(text_file, tmp_path, capsys):
@@ -131,7 +132,7 @@ def test_low_memory_trains_alike_and_can_be_toggled_on_resume(text_file, tmp_pat
 
 def test_too_little_memory_turns_on_low_memory_or_refuses(text_file, tmp_path, capsys,
                                                           monkeypatch):
-    import charrnn.train as T
+    import charrnn.training.loop as T
     from charrnn.config import ModelConfig, TrainConfig
 
     args = ["--layers", "1", "--hidden", "16", "--batch-size", "128", "--seq-len", "32",
@@ -169,7 +170,7 @@ def test_corrupt_latest_is_refused(text_file, tmp_path, capsys):
 
 
 def test_lock_refuses_second_run_with_exit_75(text_file, tmp_path, capsys):
-    from charrnn.lock import RunLock
+    from charrnn.training.lock import RunLock
     run = tmp_path / "run"
     with RunLock(run):
         code, _, err = invoke(["train", text_file, "-o", run, *SMALL, "--max-iters", "5"],
@@ -191,7 +192,7 @@ def test_max_time_stops_with_checkpoint(text_file, tmp_path, capsys):
 
 
 def test_early_stopping(text_file, tmp_path, capsys, monkeypatch):
-    from charrnn import train as T
+    from charrnn.training import loop as T
     losses = iter([3.0, 2.0, 2.5, 2.1, 2.2, 1.0, 1.0])
     monkeypatch.setattr(T.Trainer, "evaluate", lambda self, *a, **kw: next(losses))
     run = tmp_path / "run"
@@ -217,7 +218,7 @@ def test_divergence_keeps_last_good_checkpoint(text_file, tmp_path, capsys, monk
         nan_after_two.calls += 1
         return (float("nan") if nan_after_two.calls > 2 else loss), st
     nan_after_two.calls, nan_after_two.warming = 0, False
-    import charrnn.train as T
+    import charrnn.training.loop as T
 
     real_warm = T.Trainer._warm_up
 
@@ -263,7 +264,7 @@ def test_corpus_change_continues_and_grows_vocab(tmp_path, capsys):
     corpus.write_text(make_text(12_000, seed=1), encoding="utf-8")
     run = tmp_path / "run"
     assert invoke(["train", corpus, "-o", run, *SMALL, "--max-iters", "10"], capsys)[0] == 0
-    old = Model.load(run / "latest.safetensors")
+    old = load_model(run / "latest.safetensors")
     # unchanged corpus: nothing re-prepared, plain resume
     code, _, err = invoke(["train", corpus, "-o", run, "--max-iters", "15"], capsys)
     assert code == 0 and "corpus changed" not in err
@@ -279,7 +280,7 @@ def test_corpus_change_continues_and_grows_vocab(tmp_path, capsys):
     assert "corpus changed: 12,000 -> 18,010 chars; continuing from iteration 15 on the new " \
            "data" in err
     assert "vocabulary grown by 1 character(s) ('~')" in err
-    new = Model.load(run / "latest.safetensors")
+    new = load_model(run / "latest.safetensors")
     V = old.config.vocab_size
     assert new.config.vocab_size == V + 1 and new.vocab.chars[:V] == old.vocab.chars
     ts = read_checkpoint(run / "latest.safetensors").train_state

@@ -354,8 +354,8 @@ def test_signal_during_a_validation_pass_stops_at_once(sig, tmp_path, big_val):
 _POISON = """
 import sys
 import numpy as np
-from charrnn.model import Model
-import charrnn.train as T
+from charrnn.model.network import Model
+import charrnn.training.loop as T
 real, real_warm = Model.forward_backward, T.Trainer._warm_up
 calls, warming = [0], [False]
 def warm(self):                                # the kernels' warm-up is not a step
@@ -372,7 +372,7 @@ def poisoned(self, *a, **kw):
     return real(self, *a, **kw)
 T.Trainer._warm_up = warm
 Model.forward_backward = poisoned
-from charrnn.cli import main
+from charrnn.cli.app import main
 main(sys.argv[1:])
 """
 

@@ -1,8 +1,12 @@
-"""Numba kernels, grouped by topic (one module each). Importing this package imports numba.
+"""The compute layer: numba kernels grouped by topic, and the process settings they run under.
 
-Every module gets its decorators from :mod:`charrnn.kernels._jit`, the one place where
-numba's flags are set.  Public functions validate; private ``_kernel`` functions compute.
+* ``runtime``: threads, BLAS, the kernel cache directory, signals while numba compiles
+  (imports neither numpy nor numba at top level, so the CLI can call it first).
+* ``jit``: the one place where numba's flags are set; ``fastload`` loads cached kernels
+  without starting numba's compiler.
+* the kernel modules (``cells``, ``steps``, ``packed``, ``blas``, ``sample``, ``optim``,
+  ``activations``) import numba through ``jit``.  Public functions validate; private
+  ``_kernel`` functions compute.
+
+Importing this package itself imports nothing heavy.
 """
-from .. import runtime as _runtime
-
-_runtime.ensure_numba()

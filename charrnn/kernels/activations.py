@@ -32,7 +32,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ._jit import jit
+from .jit import jit
 
 
 _LOG2E = 1.4426950408889634

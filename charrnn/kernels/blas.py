@@ -1,6 +1,6 @@
-"""numpy's BLAS product, called from numba's threads (the rows of :func:`charrnn.runtime.matmul`).
+"""numpy's BLAS product, called from numba's threads (the rows of :func:`charrnn.kernels.runtime.matmul`).
 
-:func:`charrnn.runtime.matmul` computes ``out = a @ b`` by numpy's single-threaded BLAS
+:func:`charrnn.kernels.runtime.matmul` computes ``out = a @ b`` by numpy's single-threaded BLAS
 with the rows of ``out`` split between the threads.  :func:`gemm_rows` makes those calls
 from one numba parallel region, the same C function on the same rows, so the result is
 the same bits as one ``np.matmul`` per row range; the alternative, a Python thread pool,
@@ -8,7 +8,7 @@ is the fallback when the BLAS cannot be found.
 
 Why: the threads that run charrnn's time loops and packed products are numba's OpenMP
 workers.  Between parallel regions they spin a while before they sleep (charrnn sets
-``GOMP_SPINCOUNT``, see charrnn.runtime.tune_environment), because waking a sleeping thread costs
+``GOMP_SPINCOUNT``, see charrnn.kernels.runtime.tune_environment), because waking a sleeping thread costs
 100-200 us on a virtual machine whose idle cores halt (measured on the 2-core Zen 3 of
 2026-12-07: an empty 2-thread region 108 us median, p99 0.3-1 ms, when the worker
 sleeps; 3-11 us when it spins).  A Python pool thread would have to wake up as well,
@@ -31,7 +31,7 @@ import sys
 import numpy as np
 from numba import prange
 
-from ._jit import jit, pjit
+from .jit import jit, pjit
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 

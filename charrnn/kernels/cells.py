@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit, pjit
+from .jit import jit, pjit
 from .activations import exp_into, sigmoid_into, tanh_into
 
 # ---------------------------------------------------------------- LSTM (gates i, f, g, o)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import jit, pjit
+from .jit import jit, pjit
 from .activations import _div
 
 # Elements per chunk: large enough that the per-chunk overhead vanishes, small enough
@@ -118,7 +118,7 @@ def _rmsprop_chunk(p, g, m1, lr, scale, use_cv, clip_value, wd, alpha, eps):
 @pjit
 def update_kernel(p, g, m1, m2, kind, lr, scale, clip_value, wd,
                   beta1, beta2, eps, step_size, inv_sqrt_bc2, momentum, alpha):
-    """One optimizer step on the flat buffers (see charrnn.optim for the formulas).
+    """One optimizer step on the flat buffers (see charrnn.model.optim for the formulas).
 
     ``scale`` multiplies the gradient (global-norm clipping; 1.0 = none), then
     ``clip_value`` > 0 clamps each element.  ``m1``/``m2`` are the moment buffers:

@@ -26,7 +26,7 @@ M rows are cut into tiles of near-equal height.
 
 Where it is used: every product of the recurrent layers except the weight gradients
 (charrnn.kernels.steps: recurrent products, input projections and input gradients, one
-step's rows at a time) and the head's two products (charrnn.model, :func:`matmul` with
+step's rows at a time) and the head's two products (charrnn.model.network, :func:`matmul` with
 rows shared between threads).  The weight gradients, sums over all T*B rows, stay with
 numpy's BLAS.
 
@@ -44,7 +44,7 @@ from numba import prange, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-from ._jit import jit, pjit
+from .jit import jit, pjit
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)

@@ -50,7 +50,7 @@ import numpy as np
 
 from numba import prange
 
-from ._jit import jit, pjit
+from .jit import jit, pjit
 from .activations import sigmoid_into, tanh_into
 from .packed import _mm_serial
 

@@ -30,16 +30,15 @@ Backward kernels take ``dh_in`` (B, H), the gradient reaching h_{t1-1} through t
 recurrence from the chunk after, and leave the one for the chunk before in ``dh_mm``
 (when the chunk does not start at step 0 of the sequence).  Their arrays may be views
 that start at step ``toff`` of the sequence (the chunks of a layer that recomputes its
-gates in backward, :mod:`charrnn.cells`); t is then relative to the view and step
+gates in backward, :mod:`charrnn.model.cells`); t is then relative to the view and step
 t + toff of the sequence has no step before it when t + toff == 0.
 """
 from __future__ import annotations
 
 from numba import prange
 
-from ._jit import jit, pjit
-from .cells import (_gather_rows, _gru_backward_step, _gru_forward_step, _lstm_backward_step,
-                    _lstm_forward_step, _rnn_backward_step, _rnn_forward_step)
+from .jit import jit, pjit
+from .cells import _gather_rows, _gru_backward_step, _gru_forward_step, _lstm_backward_step, _lstm_forward_step, _rnn_backward_step, _rnn_forward_step
 from .packed import _mm_bias
 from .packed import _mm_serial as _mm
 
@@ -214,7 +213,7 @@ def _rnn_backward_steps(nth, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, d
 
 
 # ---------------------------------------------------------------- recomputed gates
-# (charrnn.cells.Layer.recompute, ``--low-memory``): every h_{t-1} (and c_{t-1}) of a
+# (charrnn.model.cells.Layer.recompute, ``--low-memory``): every h_{t-1} (and c_{t-1}) of a
 # chunk is kept, so the steps of a block are independent rows; the forward step kernels
 # run over ranges of those rows in numba's threads.  Their state outputs (h, c) go to
 # scratch.

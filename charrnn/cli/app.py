@@ -1,0 +1,151 @@
+"""The ``charrnn`` command: a thin layer over the library.
+
+Each subcommand lives in ``charrnn/cli/<name>.py`` (parse options, call one library
+function, format the result); the options they share are in :mod:`charrnn.cli.options`.
+This module holds the group and :func:`main`, the one place where library errors become ``Error: ...`` lines
+and exit codes.  Only click is imported at start-up; numpy and numba load inside the
+commands that need them, so ``charrnn --help`` stays fast.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import CharrnnError, ExitStatus
+
+
+def _debug_requested(argv) -> bool:
+    if os.environ.get("CHARRNN_DEBUG", "") not in ("", "0"):
+        return True
+    return "--debug" in (argv if argv is not None else sys.argv[1:])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="charrnn")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks (also CHARRNN_DEBUG=1).")
+def cli(debug):
+    """Character-level language models (LSTM, GRU, RNN) on the CPU.
+
+    \b
+    Typical session:
+      charrnn prepare corpus.txt -o data/
+      charrnn train data/ -o run/ --max-time 30m
+      charrnn sample run/ -n 500 --temperature 0.8
+      charrnn eval run/ test.txt
+      charrnn info run/
+    """
+
+
+# ----------------------------------------------------------------- entry point
+
+def _error_line(msg: str) -> None:
+    from .. import console
+
+    console.error(" ".join(str(msg).split("\n")).strip())
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away: end quietly (no traceback, nothing on stderr)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return ExitStatus.SIGPIPE
+
+
+#: what to lower when a command runs out of memory: options that command has
+_MEMORY_HINTS = {
+    "train": "a smaller --batch-size, --seq-len or --hidden, or --low-memory",
+    "sample": "fewer --num-samples",
+    "eval": "fewer --streams",
+    "prepare": "fewer or smaller inputs",
+}
+
+
+def _out_of_memory(argv) -> str:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if a in _MEMORY_HINTS), None)
+    hint = f" (try {_MEMORY_HINTS[command]})" if command else ""
+    return f"out of memory{hint}"
+
+
+def main(argv=None) -> None:
+    """Console-script entry point; exits with the codes of :class:`ExitStatus`."""
+    from ..kernels.runtime import tune_environment
+
+    tune_environment()
+    debug = _debug_requested(argv)
+    try:
+        rv = cli.main(args=argv, prog_name="charrnn", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        sys.stdout.flush()
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except SystemExit as e:   # click's own EPIPE handling exits 1 after pacifying stdout
+        if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+            code = _quiet_broken_pipe()
+        else:
+            code = e.code if isinstance(e.code, int) else ExitStatus.ERROR
+    except click.ClickException as e:  # usage errors: exit 2 with click's message
+        e.show()
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        if debug:
+            raise
+        _error_line("interrupted")
+        code = ExitStatus.SIGINT
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    except CharrnnError as e:
+        if debug:
+            raise
+        _error_line(str(e))
+        code = e.exit_code
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno == errno.EPIPE:
+            code = _quiet_broken_pipe()
+        elif e.errno == errno.ENOSPC:
+            _error_line(f"no space left on device{': ' + str(e.filename) if e.filename else ''}")
+            code = ExitStatus.ERROR
+        else:
+            where = f": {e.filename}" if e.filename else ""
+            _error_line(f"{e.strerror or e}{where}")
+            code = ExitStatus.ERROR
+    except MemoryError:
+        if debug:
+            raise
+        _error_line(_out_of_memory(argv))
+        code = ExitStatus.ERROR
+    except Exception as e:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        _error_line(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the "
+                    "traceback, and please report it)")
+        code = ExitStatus.ERROR
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    sys.exit(int(code))
+
+
+# ----------------------------------------------------------------- subcommands
+# Each module defines one click command; importing them costs only click.
+
+def _register() -> None:
+    from . import eval, info, prepare, sample, train
+
+    for mod in (eval, info, prepare, sample, train):
+        cli.add_command(mod.command)
+
+
+_register()
+
+__all__ = ["cli", "main"]
