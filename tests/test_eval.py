@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from charrnn import evaluate as E
+from charrnn.evaluate import lines as EL
 from charrnn.config import ModelConfig
 from charrnn.model.network import Model
 from charrnn.store.vocab import Vocab
@@ -122,8 +123,8 @@ def test_lines_equal_scoring_each_line_alone(tmp_path, monkeypatch):
     f = tmp_path / "l.txt"
     f.write_text("\n".join(LINES), encoding="utf-8")       # last line without a newline
     for long_line, read in ((8192, 1 << 16), (10, 7)):     # batched / pieces + tiny reads
-        monkeypatch.setattr(E, "LONG_LINE", long_line)
-        monkeypatch.setattr(E, "SPOOL_CHARS", 16)
+        monkeypatch.setattr(EL, "LONG_LINE", long_line)
+        monkeypatch.setattr(EL, "SPOOL_CHARS", 16)
         rows = _lines_output(m, LINES, path=str(f), read_bytes=read)
         assert [r[2] for r in rows] == LINES
         for (bpc, chars, line) in rows:
@@ -286,8 +287,8 @@ def test_lines_cli_json_and_usage(ckpt, tmp_path, invoke, monkeypatch):
     assert code == 0
     recs = [json.loads(x) for x in out.splitlines()]
     assert [(r["line"], r["chars"]) for r in recs] == [("hello", 5), ("fox", 3)]
-    monkeypatch.setattr(E, "LONG_LINE", 3)          # long lines: pieces, spooled, escaped
-    monkeypatch.setattr(E, "SPOOL_CHARS", 4)
+    monkeypatch.setattr(EL, "LONG_LINE", 3)          # long lines: pieces, spooled, escaped
+    monkeypatch.setattr(EL, "SPOOL_CHARS", 4)
     lines = ['the "fox" \\ said', "", 'a"b']
     code, out, err = invoke(["eval", ckpt, "--lines", "--json"], input="\n".join(lines))
     recs = [json.loads(x) for x in out.splitlines()]
