@@ -1,28 +1,12 @@
 """``charrnn eval CKPT [INPUT ...]``: loss, bits per character and perplexity of text."""
 from __future__ import annotations
 
-import math
 import sys
-from pathlib import Path
 
 import click
 
 from .options import checkpoint_argument, json_option, threads_option, use_threads
 from .dataopts import decoding_options
-
-
-def _default_data_dir(ck) -> Path | None:
-    """The prepared data a training checkpoint names, if it still exists."""
-    ts = ck.train_state or {}
-    cands = []
-    d = ts.get("data_dir")
-    if isinstance(d, str) and d:
-        cands += [Path(d), ck.path.parent / d]
-    cands.append(ck.path.parent / "data")
-    for c in cands:
-        if (c / "meta.json").is_file():
-            return c
-    return None
 
 
 def _stdin_is_terminal() -> bool:
@@ -115,8 +99,6 @@ def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, a
     --streams 16 scores a long text about 5x faster on 2 cores, and almost
     exactly (see the README).
     """
-    from ..errors import InputError
-
     split_given = _given(ctx, "split")
     if carry and not lines:
         raise click.UsageError("--carry needs --lines")
@@ -159,24 +141,9 @@ def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, a
         if score.chars == 0:
             raise _nothing_to_score(inputs, lines=False, only_unknown=score.unknown > 0)
     else:
-        if data_dir is None:
-            data_dir = _default_data_dir(ck)
-            if data_dir is None:
-                raise InputError("no INPUT given and the checkpoint names no prepared data "
-                                 "that exists; give text on stdin, INPUT files (- for "
-                                 "stdin), or --data DATA_DIR")
-        tc = (ck.train_state or {}).get("train_config") or {}
-        B = tc.get("batch_size") if isinstance(tc.get("batch_size"), int) else 50
-        T = tc.get("seq_len") if isinstance(tc.get("seq_len"), int) else E.WINDOW
-        score = E.evaluate_split(model, data_dir, split, batch_size=max(1, B),
-                                 seq_len=max(1, T))
+        score, data_dir = E.evaluate_checkpoint_split(ck, model, split, data_dir)
         what = {"data": str(data_dir), "split": split}
-        if score.chars == 0:
-            raise InputError(f"nothing to score: the {split} split of {data_dir} is empty")
-    if not math.isfinite(score.nll):
-        raise InputError(f"the model's loss on this text is not a finite number "
-                         f"({score.nll / max(score.chars, 1)}): its weights overflow; "
-                         "the checkpoint is unusable")
+    E.require_finite(score)
     if as_json:
         import json
 
