@@ -9,7 +9,7 @@ and every parameter's name, dtype and shape) and returns a JSON-able dict::
      "extra_tensors": [names not of the model, e.g. optimizer moments],
      "vocab": {"size", "unk", "preview"} | null,
      "training": {"iteration", "epoch", "best_val_loss", "best_val_bpc",
-                  "elapsed", "elapsed_text", "data_dir", "data_chars",
+                  "elapsed", "elapsed_text" (e.g. "3h25m46s"), "data_dir", "data_chars",
                   "corpus_sha256", "data_sources", "train_config"} | null,
      "checksums": "verified" | "not verified",
      "run_dir": str | null, "metrics": {"count", "recent": [...], "val_loss": [...],
@@ -28,28 +28,12 @@ import math
 from pathlib import Path
 
 from .errors import CharrnnError
+from .units import fmt_duration
 
 LN2 = math.log(2.0)
 METRICS_NAME = "metrics.jsonl"
 RECENT = 5
 PREVIEW_CHARS = 60
-
-
-def format_duration(seconds) -> str | None:
-    """12345.6 -> '3h 25m 46s'."""
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        return None
-    s = int(round(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    parts = [f"{d}d"] if d else []
-    if d or h:
-        parts.append(f"{h}h")
-    if d or h or m:
-        parts.append(f"{m}m")
-    parts.append(f"{s}s")
-    return " ".join(parts)
 
 
 def vocab_preview(vocab, limit: int = PREVIEW_CHARS) -> str:
@@ -175,7 +159,8 @@ def checkpoint_info(path, latest: bool = False, verify: bool = True) -> dict:
             "best_iteration": ts.get("best_iteration"),
             "last_val_loss": _num(ts.get("last_val_loss")),
             "elapsed": elapsed,
-            "elapsed_text": format_duration(elapsed),
+            # null, not fmt_duration's "?", for a missing or invalid time
+            "elapsed_text": None if elapsed is None or elapsed < 0 else fmt_duration(elapsed),
             "chars_seen": ts.get("chars_seen"),
             "data_dir": ts.get("data_dir"),
             "data_chars": ts.get("data_chars"),
@@ -263,4 +248,4 @@ def plot_png(info: dict, path) -> None:
 
 
 __all__ = ["checkpoint_info", "json_safe", "read_metrics", "metrics_summary", "sparkline",
-           "format_duration", "vocab_preview", "plot_png"]
+           "vocab_preview", "plot_png"]

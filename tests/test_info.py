@@ -3,13 +3,14 @@ directory, --json, and one-line errors for missing/truncated/corrupt/foreign/new
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
 import pytest
 
 from charrnn.config import ModelConfig
-from charrnn.info import checkpoint_info, format_duration, sparkline
+from charrnn.info import checkpoint_info, sparkline
 from charrnn.model.network import Model
 from charrnn.store.vocab import Vocab
 from charrnn.store.checkpoint import save_model
@@ -47,7 +48,7 @@ def run_dir(tmp_path):
     return run
 
 
-def test_info_json_of_a_run_directory(run_dir, invoke):
+def test_info_json_of_a_run_directory(run_dir, tmp_path, invoke):
     code, out, err = invoke(["info", run_dir, "--json", "--no-verify"])
     assert code == 0, err
     info = json.loads(out)
@@ -60,9 +61,12 @@ def test_info_json_of_a_run_directory(run_dir, invoke):
     tr = info["training"]
     assert tr["iteration"] == 120 and tr["epoch"] == 3 and tr["best_val_loss"] == 1.5
     assert tr["best_val_bpc"] == pytest.approx(1.5 / np.log(2))
-    assert tr["elapsed_text"] == "1h 2m 3s" and tr["train_config"]["lr"] == 0.002
+    assert tr["elapsed_text"] == "1h02m03s" and tr["train_config"]["lr"] == 0.002
     assert info["metrics"]["count"] == 13 and len(info["metrics"]["recent"]) == 5
     assert info["checksums"] == "not verified"
+    no_time = tmp_path / "no_time.safetensors"          # a missing time: null, not "?"
+    save_model(no_time, m, train_state={k: v for k, v in TS.items() if k != "elapsed"})
+    assert checkpoint_info(no_time)["training"]["elapsed_text"] is None
     code, out, err = invoke(["info", run_dir, "--latest", "--json"])
     info = json.loads(out)
     assert info["training"]["iteration"] == 130 and info["checksums"] == "verified"
@@ -72,10 +76,14 @@ def test_info_plain_output(run_dir, invoke):
     code, out, err = invoke(["info", run_dir])
     assert code == 0, err
     for want in ("LSTM 2 x 8, one-hot input, peepholes, float32", "parameters",
-                 "iteration 120, epoch 3, trained 1h 2m 3s",
+                 "iteration 120, epoch 3, trained 1h02m03s",
                  "best val", "loss 1.5000 nats/char, bpc 2.1640",
                  "metrics.jsonl (last 5 of 13)", "val loss", "train loss"):
         assert want in out, want
+    # sizes and durations as charrnn.units writes them: the file in KiB, the metrics'
+    # elapsed seconds (2.0 * i) as durations
+    assert re.search(r"\(training, format charrnn v1, \d+\.\d KiB\)", out), out
+    assert re.search(r"110 .* 22s ", out), out
     code, out, err = invoke(["info", run_dir / "best.safetensors"])
     assert code == 0 and "metrics.jsonl" not in out
 
@@ -91,10 +99,6 @@ def test_model_checkpoint_without_training(tmp_path, invoke):
 
 
 def test_helpers():
-    assert format_duration(59.4) == "59s"
-    assert format_duration(3723.4) == "1h 2m 3s"
-    assert format_duration(90061) == "1d 1h 1m 1s"
-    assert format_duration(None) is None
     s = sparkline([3.0, 2.0, 1.0, None, float("nan")])
     assert s == "█▅▁"
     assert len(sparkline(list(range(500)), width=40)) == 40

@@ -31,6 +31,8 @@ def _render_to(info: dict, out, width: int, color: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..units import fmt_bytes, fmt_duration
+
     # markup and emoji codes off: the strings shown come from the file ("[/]" in a
     # crafted 'created' or vocabulary would be a MarkupError, "[bold]" would vanish)
     con = Console(file=out, highlight=False, markup=False, emoji=False, width=width,
@@ -41,7 +43,7 @@ def _render_to(info: dict, out, width: int, color: bool) -> None:
     t.add_column()
     t.add_row("checkpoint", f"{info['path']} ({info['kind']}, format "
                             f"{info['format']} v{info['format_version']}, "
-                            f"{(info['file_bytes'] or 0) / 1e6:.2f} MB)")
+                            f"{fmt_bytes(info['file_bytes'])})")
     if info.get("created") or info.get("charrnn_version"):
         t.add_row("written", f"{info.get('created') or '-'} by charrnn "
                              f"{info.get('charrnn_version') or '?'}")
@@ -107,7 +109,8 @@ def _render_to(info: dict, out, width: int, color: bool) -> None:
             mt.add_row(_fmt(r.get("iter")), _fmt(r.get("epoch"), ".2f"),
                        _fmt(r.get("train_loss")), _fmt(r.get("val_loss")),
                        _fmt(r.get("val_bpc")), _fmt(r.get("lr"), ".2e"),
-                       _fmt(r.get("chars_per_sec"), ".0f"), _fmt(r.get("elapsed"), ".0f"))
+                       _fmt(r.get("chars_per_sec"), ".0f"),
+                       "-" if r.get("elapsed") is None else fmt_duration(r["elapsed"]))
         con.print(mt)
         for key, label in (("train_loss", "train loss"), ("val_loss", "val loss  ")):
             vals = [x for x in m[key] if x is not None]
