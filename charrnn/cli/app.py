@@ -1,10 +1,13 @@
 """The ``charrnn`` command: a thin layer over the library.
 
 Each subcommand lives in ``charrnn/cli/<name>.py`` (parse options, call one library
-function, format the result); the options they share are in :mod:`charrnn.cli.options`.
-This module holds the group and :func:`main`, the one place where library errors become ``Error: ...`` lines
-and exit codes.  Only click is imported at start-up; numpy and numba load inside the
-commands that need them, so ``charrnn --help`` stays fast.
+function, format the result) and is registered here by name; the options they share
+are in :mod:`charrnn.cli.options`, the parameter types in :mod:`charrnn.cli.types` and
+the text-decoding and prepare options in :mod:`charrnn.cli.dataopts`.  This module
+holds the group and :func:`main`, the one place where library errors become
+``Error: ...`` lines and exit codes.  At start-up the cli modules import only click,
+the standard library and charrnn's light ``config`` and ``errors``; numpy and numba
+load inside the commands that need them, so ``charrnn --help`` stays fast.
 """
 from __future__ import annotations
 
