@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_info
 
 from charrnn.kernels import runtime
 from charrnn.kernels import blas
+from charrnn.kernels import matmul as MM
 
 
 def _wheel_openblas() -> bool:
@@ -85,21 +86,21 @@ def test_declines_what_one_call_cannot_describe():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_runtime_matmul_same_bits_either_way(dtype, monkeypatch):
-    """runtime.matmul: numba's threads or the Python pool, the same bits."""
+def test_plain_matmul_same_bits_either_way(dtype, monkeypatch):
+    """kernels.matmul.matmul, plain b: numba's threads or the Python pool, the same bits."""
     monkeypatch.setattr(runtime, "threads", lambda: 2)
-    monkeypatch.setattr(runtime, "MATMUL_ROWS", 8)
+    monkeypatch.setattr(MM, "MATMUL_ROWS", 8)
     rng = np.random.default_rng(3)
     d = rng.standard_normal((500, 64)).astype(dtype)
     h = rng.standard_normal((500, 16)).astype(dtype)
-    fast = runtime.matmul(d.T, h, np.empty((64, 16), dtype))
+    fast = MM.matmul(d.T, h, np.empty((64, 16), dtype))
     calls = []
 
     def declined(*args):
         calls.append(args[3])
         return False
     monkeypatch.setattr(blas, "gemm_rows", declined)
-    pool = runtime.matmul(d.T, h, np.empty((64, 16), dtype))
+    pool = MM.matmul(d.T, h, np.empty((64, 16), dtype))
     assert calls == [2]
     np.testing.assert_array_equal(fast, pool)
     np.testing.assert_array_equal(pool, _by_ranges(d.T, h, 2))
@@ -163,6 +164,7 @@ import numpy as np
 from charrnn.kernels import runtime
 runtime.configure_threads(int(sys.argv[1]))
 from charrnn.kernels import blas
+from charrnn.kernels import matmul as MM
 rng = np.random.default_rng(0)
 a = rng.standard_normal((300, 200)).astype(np.float32).T        # (200, 300), transposed
 b = rng.standard_normal((300, 16)).astype(np.float32)

@@ -4,7 +4,9 @@ tile height, narrow last panels, strided and transposed inputs, a bias, and thre
 import numpy as np
 import pytest
 
+from charrnn.kernels import cpu
 from charrnn.kernels import packed as P
+from charrnn.kernels.matmul import matmul
 
 
 def _ref(a, w, bias=None):
@@ -23,7 +25,7 @@ def test_every_tile_height_and_panel_width(dtype):
             a = rng.standard_normal((M, K)).astype(dtype)
             w = rng.standard_normal((K, N)).astype(dtype)
             out = np.full((M, N), np.nan, dtype)
-            P.matmul(a, P.packed(w), out)
+            matmul(a, P.packed(w), out)
             np.testing.assert_allclose(out, _ref(a, w), rtol=tol, atol=tol)
 
 
@@ -36,16 +38,16 @@ def test_strided_inputs_bias_and_threads(dtype):
     b = rng.standard_normal(N).astype(dtype)
     wp = P.packed(w)
     np.testing.assert_array_equal(wp, P.packed(np.ascontiguousarray(w)))
-    one = P.matmul(a, wp, np.empty((M, N), dtype), bias=b)
+    one = matmul(a, wp, np.empty((M, N), dtype), bias=b)
     tol = 1e-12 if dtype == np.float64 else 2e-5
     np.testing.assert_allclose(one, _ref(a, w, b), rtol=tol, atol=tol)
     for threads in (2, 3):
         np.testing.assert_array_equal(
-            P.matmul(a, wp, np.empty((M, N), dtype), bias=b, threads=threads), one)
+            matmul(a, wp, np.empty((M, N), dtype), bias=b, threads=threads), one)
     at = np.asfortranarray(a)                                   # columns contiguous
-    np.testing.assert_array_equal(P.matmul(at, wp, np.empty((M, N), dtype), bias=b), one)
+    np.testing.assert_array_equal(matmul(at, wp, np.empty((M, N), dtype), bias=b), one)
     wide = np.zeros((M, N + 5), dtype)                         # out rows with a stride
-    P.matmul(a[:, :K], wp, wide[:, :N], bias=b)
+    matmul(a[:, :K], wp, wide[:, :N], bias=b)
     np.testing.assert_array_equal(wide[:, :N], one)
     assert not wide[:, N:].any()
 
@@ -83,18 +85,18 @@ def test_every_pack_path_gives_the_same_panels(dtype, monkeypatch):
 def test_empty_reduction_and_errors():
     a = np.ones((4, 0), np.float32)
     out = np.full((4, 3), np.nan, np.float32)
-    P.matmul(a, P.packed(np.ones((0, 3), np.float32)), out, bias=np.arange(3, dtype=np.float32))
+    matmul(a, P.packed(np.ones((0, 3), np.float32)), out, bias=np.arange(3, dtype=np.float32))
     np.testing.assert_array_equal(out, np.tile(np.arange(3, dtype=np.float32), (4, 1)))
     wp = P.packed(np.ones((5, 3), np.float32))
     with pytest.raises(ValueError, match="shapes do not fit"):
-        P.matmul(np.ones((4, 6), np.float32), wp, np.empty((4, 3), np.float32))
+        matmul(np.ones((4, 6), np.float32), wp, np.empty((4, 3), np.float32))
     with pytest.raises(ValueError, match="dtypes differ"):
-        P.matmul(np.ones((4, 5)), wp, np.empty((4, 3), np.float32))
+        matmul(np.ones((4, 5)), wp, np.empty((4, 3), np.float32))
     with pytest.raises(ValueError, match="bias must be"):
-        P.matmul(np.ones((4, 5), np.float32), wp, np.empty((4, 3), np.float32),
+        matmul(np.ones((4, 5), np.float32), wp, np.empty((4, 3), np.float32),
                  bias=np.ones(4, np.float32))
     with pytest.raises(ValueError, match="contiguous"):
-        P.matmul(np.ones((4, 5), np.float32), wp, np.empty((3, 4), np.float32).T)
+        matmul(np.ones((4, 5), np.float32), wp, np.empty((3, 4), np.float32).T)
     with pytest.raises(ValueError, match="2-D float32 or float64"):
         P.packed(np.ones((2, 2), np.int64))
 
@@ -108,7 +110,7 @@ def _micro_runner(micro):
     return run
 
 
-@pytest.mark.skipif(not P.ASM_LOOP, reason="the inline-assembly k loop needs x86-64 with "
+@pytest.mark.skipif(not cpu.ASM_POSSIBLE, reason="the inline-assembly k loop needs x86-64 with "
                     "AVX2 and FMA, and numba compiling for this host")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_assembly_loop_gives_the_ir_loops_bits(dtype):
@@ -122,7 +124,7 @@ def test_assembly_loop_gives_the_ir_loops_bits(dtype):
     bias = rng.standard_normal(nr).astype(dtype)
     heights = range(1, 7) if dtype == np.float32 else (1, 6)
     for rows in heights:
-        asm, irl = _micro_runner(P._micro(rows, asm=True)), _micro_runner(P._micro(rows, asm=False))
+        asm, irl = _micro_runner(cpu.micro(rows, asm=True)), _micro_runner(cpu.micro(rows, asm=False))
         for a in (rng.standard_normal((rows, K)).astype(dtype),
                   np.asfortranarray(rng.standard_normal((rows, K)).astype(dtype))):
             s = a.itemsize
@@ -141,7 +143,7 @@ def test_assembly_loop_gives_the_ir_loops_bits(dtype):
 
 
 def test_assembly_loop_is_refused_where_it_does_not_fit(monkeypatch):
-    monkeypatch.setattr(P, "ASM_LOOP", False)
+    monkeypatch.setattr(cpu, "ASM_POSSIBLE", False)
     with pytest.raises(ValueError, match="needs x86-64 with AVX2 and FMA"):
-        P._micro(4, asm=True)
-    P._micro(4, asm=False)                      # the IR loop is always available
+        cpu.micro(4, asm=True)
+    cpu.micro(4, asm=False)                      # the IR loop is always available

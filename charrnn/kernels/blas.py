@@ -1,6 +1,6 @@
-"""numpy's BLAS product, called from numba's threads (the rows of :func:`charrnn.kernels.runtime.matmul`).
+"""numpy's BLAS product, called from numba's threads (the rows of :func:`charrnn.kernels.matmul.matmul`).
 
-:func:`charrnn.kernels.runtime.matmul` computes ``out = a @ b`` by numpy's single-threaded BLAS
+:func:`charrnn.kernels.matmul.matmul` computes ``out = a @ b`` by numpy's single-threaded BLAS
 with the rows of ``out`` split between the threads.  :func:`gemm_rows` makes those calls
 from one numba parallel region, the same C function on the same rows, so the result is
 the same bits as one ``np.matmul`` per row range; the alternative, a Python thread pool,

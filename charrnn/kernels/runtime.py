@@ -3,7 +3,8 @@
 * ``configure_threads(n)`` gives numba's parallel kernels ``n`` threads (``--threads``,
   else ``CHARRNN_THREADS``, else all usable cores) and limits BLAS to ONE thread: the
   products charrnn leaves to numpy's BLAS (the weight gradients, sums over all B*T
-  rows) are split by rows between ``n`` threads of charrnn's own (:func:`matmul`).
+  rows) are split by rows between ``n`` threads of charrnn's own
+  (:func:`charrnn.kernels.matmul.matmul`).
   So no BLAS thread pool ever waits, spinning, next to numba's threads: with
   OpenBLAS's own threads, a process that had loaded numpy before charrnn (which then
   cannot shorten their spin, see tune_environment) trained a third slower.
@@ -71,11 +72,24 @@ def numba_cache_dir() -> Path:
     return _kernel_dir() / "__pycache__"
 
 
+def _cpu_choice() -> str:
+    """A cache subdirectory name for a forced CPU path (``CHARRNN_CPU_PATH``,
+    ``CHARRNN_VECTOR_BITS``, charrnn.kernels.cpu), "" for the default: kernels compiled
+    for another choice inline another product, and numba's cache index would not tell."""
+    path = os.environ.get("CHARRNN_CPU_PATH", "").strip().lower()
+    bits = os.environ.get("CHARRNN_VECTOR_BITS", "").strip()
+    if not (path or bits):
+        return ""
+    return "cpu-" + "".join(c for c in f"{path or 'auto'}-{bits or 'auto'}"
+                            if c.isalnum() or c == "-")
+
+
 def _choose_cache_dir() -> None:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
     kdir = _kernel_dir()
     pyc = kdir / "__pycache__"
+    choice = _cpu_choice()
     try:
         pyc.mkdir(exist_ok=True)
         writable = os.access(pyc, os.W_OK)
@@ -84,7 +98,9 @@ def _choose_cache_dir() -> None:
     if not writable:
         fallback = user_cache_dir() / "numba"
         fallback.mkdir(parents=True, exist_ok=True)
-        os.environ["NUMBA_CACHE_DIR"] = str(fallback)
+        os.environ["NUMBA_CACHE_DIR"] = str(fallback / choice if choice else fallback)
+    elif choice:
+        os.environ["NUMBA_CACHE_DIR"] = str(pyc / choice)
 
 
 def ensure_numba():
@@ -212,51 +228,3 @@ def threads() -> int:
     if _state["threads"] is None:
         configure_threads(None)
     return _state["threads"]
-
-
-#: fewest rows of a product's output per thread of :func:`matmul`
-MATMUL_ROWS = 64
-
-
-def _executor(n: int):
-    import concurrent.futures
-
-    pool = _state.get("pool")
-    if pool is None or _state.get("pool_size", 0) < n:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=n,
-                                                     thread_name_prefix="charrnn-blas")
-        _state["pool"], _state["pool_size"] = pool, n
-    return pool
-
-
-def matmul(a, b, out):
-    """``out = a @ b`` by numpy's (single-threaded) BLAS, the rows of ``out`` split
-    between :func:`threads` threads (numpy releases the GIL in the product).  The split
-    is fixed for a thread count, so a run is deterministic; another thread count may
-    change the last bits (BLAS may block a smaller product differently), as BLAS's own
-    threads did before.  Measured: LSTM 2x256 training step 37.7 -> 34.9 ms, and no
-    longer 57 ms when numpy was imported before charrnn.  The row ranges' calls run in
-    numba's threads (:func:`charrnn.kernels.blas.gemm_rows`, the same calls, the same
-    bits) where numpy's BLAS can be called from there, else in a Python thread pool."""
-    import numpy as np
-
-    M = out.shape[0]
-    parts = max(1, min(threads(), M // MATMUL_ROWS))
-    if parts == 1:
-        return np.matmul(a, b, out=out)
-    from . import blas
-
-    if blas.gemm_rows(a, b, out, parts):        # the same calls, in numba's threads
-        return out
-    cut = [M * i // parts for i in range(parts + 1)]
-    pool = _executor(parts - 1)
-    futures = [pool.submit(np.matmul, a[cut[i]:cut[i + 1]], b, out=out[cut[i]:cut[i + 1]])
-               for i in range(1, parts)]
-    try:
-        np.matmul(a[:cut[1]], b, out=out[:cut[1]])
-    finally:
-        for f in futures:
-            f.result()
-    return out

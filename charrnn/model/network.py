@@ -263,6 +263,7 @@ class Model:
         """Runs the layers and the head; leaves everything backward needs in buffers."""
         from ..kernels import cells as K
         from ..kernels import packed as P
+        from ..kernels.matmul import matmul
 
         B, T = inputs.shape
         c = self.config
@@ -303,8 +304,8 @@ class Model:
         buf.head_in = y.reshape(N, H)                          # (N, H)
         w_head = self.params["head.weight"]                    # (V, H)
         buf.wp_head = P.packed(w_head.T, buf.wp_head)          # (H, V) packed
-        P.matmul(buf.head_in, buf.wp_head, buf.logits, bias=self.params["head.bias"],
-                 threads=runtime.numba_threads())
+        matmul(buf.head_in, buf.wp_head, buf.logits, bias=self.params["head.bias"],
+               threads=runtime.numba_threads())
         return buf
 
     def _final_state(self, buf) -> tuple:
@@ -315,6 +316,7 @@ class Model:
     def _backward(self, buf, masks) -> None:
         from ..kernels import cells as K
         from ..kernels import packed as P
+        from ..kernels.matmul import matmul
 
         c = self.config
         T, B = buf.idx.shape
@@ -322,12 +324,12 @@ class Model:
         idx = buf.idx.reshape(N)
         if buf.dy is None:                                     # only training needs it
             buf.dy = np.empty((N, H), self.dtype)             # (N, H) grad of head input
-        runtime.matmul(buf.dlogits.T, buf.head_in, buf.dw_head)
+        matmul(buf.dlogits.T, buf.head_in, buf.dw_head)
         self.grads["head.weight"] += buf.dw_head
         np.sum(buf.dlogits, axis=0, out=buf.db_head)
         self.grads["head.bias"] += buf.db_head
         buf.wp_head_b = P.packed(self.params["head.weight"], buf.wp_head_b)   # (V, H) packed
-        P.matmul(buf.dlogits, buf.wp_head_b, buf.dy, threads=runtime.numba_threads())
+        matmul(buf.dlogits, buf.wp_head_b, buf.dy, threads=runtime.numba_threads())
         top = buf.dy.reshape(T, B, H)                          # (T, B, H)
         if masks is not None:
             top *= masks[-1]

@@ -22,7 +22,7 @@ The work of a layer, in every cell, is one time loop per pass
 * the products of a step go through the packed-weight kernel of
   :mod:`charrnn.kernels.packed`, from weights packed once per pass;
 * after the loop, dW_hh and dW_ih as ONE product each over all T steps (numpy's BLAS,
-  rows split between threads by :func:`charrnn.kernels.runtime.matmul`) and the bias gradients
+  rows split between threads by :func:`charrnn.kernels.matmul.matmul`) and the bias gradients
   as sums.
 
 The GRU with ``gru_reset="before"`` needs r before its recurrent product for n, so it
@@ -37,7 +37,8 @@ import numpy as np
 
 from ...kernels import runtime
 from ...kernels import cells as K
-from ...kernels.packed import matmul, packed, packed_shape
+from ...kernels.matmul import matmul
+from ...kernels.packed import packed, packed_shape
 
 #: Where a dense-input layer (every layer but a one-hot first one) makes its input
 #: projection x_t W_ih^T + b_ih and its input gradient d(pre)_t W_ih: each step for its
@@ -336,13 +337,13 @@ class Layer:
 
     @staticmethod
     def _grad_product(ws: Workspace, a, b, scratch, g) -> None:
-        """g += a @ b (a weight gradient), the product by :func:`charrnn.kernels.runtime.matmul`
+        """g += a @ b (a weight gradient), the product by :func:`charrnn.kernels.matmul.matmul`
         straight into ``g`` when ``ws.fresh`` (g is zero: the same bits, and the scratch
         is never touched, LSTM 2x512: 4 MB less resident), else into ``scratch`` first."""
         if ws.fresh:
-            runtime.matmul(a, b, g)
+            matmul(a, b, g)
         else:
-            runtime.matmul(a, b, scratch)
+            matmul(a, b, scratch)
             g += scratch
 
     def final_state(self, ws: Workspace) -> tuple:

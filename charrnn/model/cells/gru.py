@@ -19,7 +19,8 @@ import numpy as np
 
 from ...kernels import runtime
 from ...kernels import steps as S
-from ...kernels.packed import matmul, packed, packed_shape
+from ...kernels.matmul import matmul
+from ...kernels.packed import packed, packed_shape
 from . import Layer, LayerParams, Workspace
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...kernels import runtime
 from ...kernels import steps as S
-from ...kernels.packed import matmul
+from ...kernels.matmul import matmul
 from . import Layer, LayerParams, Workspace
 
 
