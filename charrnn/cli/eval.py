@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from .options import checkpoint_argument, json_option, threads_option, use_threads
+from .options import (checkpoint_argument, given, json_option, threads_option,
+                      use_threads)
 from .dataopts import decoding_options
 
 
@@ -18,13 +19,6 @@ def _stdin_is_terminal() -> bool:
         return f.isatty()
     except (AttributeError, ValueError):        # closed or not a real file
         return True
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether option ``name`` was given (command line or environment), not defaulted."""
-    src = ctx.get_parameter_source(name)
-    return src is not None and src not in (click.core.ParameterSource.DEFAULT,
-                                           click.core.ParameterSource.DEFAULT_MAP)
 
 
 class _Counting:
@@ -99,7 +93,7 @@ def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, a
     --streams 16 scores a long text about 5x faster on 2 cores, and almost
     exactly (see the README).
     """
-    split_given = _given(ctx, "split")
+    split_given = given(ctx, "split")
     if carry and not lines:
         raise click.UsageError("--carry needs --lines")
     if data_dir is not None and inputs:

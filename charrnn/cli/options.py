@@ -32,6 +32,13 @@ def checkpoint_argument(f):
     return click.argument("ckpt", metavar="CKPT", type=click.Path())(f)
 
 
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not defaulted."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src not in (click.core.ParameterSource.DEFAULT,
+                                           click.core.ParameterSource.DEFAULT_MAP)
+
+
 def use_threads(n):
     """Apply --threads (imports numba); call inside a command before any kernel runs."""
     from ..kernels import runtime

@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from .options import checkpoint_argument, json_option, threads_option, use_threads
+from .options import (checkpoint_argument, given, json_option, threads_option,
+                      use_threads)
 from .types import FiniteFloat
 from ..config import SampleConfig
 
@@ -55,13 +56,6 @@ def fresh_seed() -> int:
     import secrets
 
     return secrets.randbits(63)
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether option ``name`` was given (command line or environment), not defaulted."""
-    src = ctx.get_parameter_source(name)
-    return src is not None and src not in (click.core.ParameterSource.DEFAULT,
-                                           click.core.ParameterSource.DEFAULT_MAP)
 
 
 @click.command("sample")
@@ -122,7 +116,7 @@ def command(ctx, ckpt, latest, length, prime, prime_file, no_echo, temperature, 
     """
     if prime is not None and prime_file is not None:
         raise click.UsageError("give --prime or --prime-file, not both")
-    if greedy and _given(ctx, "temperature"):
+    if greedy and given(ctx, "temperature"):
         raise click.UsageError("give --greedy or --temperature, not both (--temperature 0 "
                                "is greedy)")
     if seed is None:
