@@ -44,9 +44,9 @@ from __future__ import annotations
 
 from .lines import LineScorer, evaluate_lines
 from .score import (CALL_STEPS, PIECE, WARMUP, WINDOW, PieceScorer, Score, StreamScorer,
-                    score_ids, score_rows)
+                    require_finite, score_ids, score_rows)
 from .split import (ScoringStopped, default_data_dir, evaluate_checkpoint_split,
-                    evaluate_split, require_finite, score_tokens)
+                    evaluate_split, score_tokens)
 from .text import Encoder, evaluate_files, evaluate_text, iter_text
 
 __all__ = ["Score", "Encoder", "StreamScorer", "PieceScorer", "LineScorer", "score_ids",

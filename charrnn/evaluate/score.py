@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
+
 WINDOW = 256            # T of one forward call on a single stream
 LINE_BATCH = 64         # lines scored together in --lines mode
 CALL_STEPS = LINE_BATCH * WINDOW  # rows x steps of one batched forward call, at most
@@ -64,6 +66,13 @@ class Score:
             s += f"  unknown {self.unknown}"
         return s
 
+
+def require_finite(score: Score) -> None:
+    """InputError when the model's loss is not a finite number (overflowing weights)."""
+    if not math.isfinite(score.nll):
+        raise InputError(f"the model's loss on this text is not a finite number "
+                         f"({score.nll / max(score.chars, 1)}): its weights overflow; "
+                         "the checkpoint is unusable")
 
 
 # ---------------------------------------------------------------------- scoring a stream
@@ -208,5 +217,5 @@ class PieceScorer:
         self.start = keep
 
 
-__all__ = ["Score", "StreamScorer", "PieceScorer", "score_ids", "score_rows", "WINDOW",
-           "LINE_BATCH", "CALL_STEPS", "PIECE", "WARMUP", "LN2"]
+__all__ = ["Score", "require_finite", "StreamScorer", "PieceScorer", "score_ids",
+           "score_rows", "WINDOW", "LINE_BATCH", "CALL_STEPS", "PIECE", "WARMUP", "LN2"]

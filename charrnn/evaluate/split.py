@@ -3,7 +3,6 @@ ids (training's validation and ``charrnn eval --split``), and the split of the d
 checkpoint was trained on (:func:`evaluate_checkpoint_split`)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +146,5 @@ def evaluate_checkpoint_split(ck, model, split: str = "val",
     return score, data_dir
 
 
-def require_finite(score: Score) -> None:
-    """InputError when the model's loss is not a finite number (overflowing weights)."""
-    if not math.isfinite(score.nll):
-        raise InputError(f"the model's loss on this text is not a finite number "
-                         f"({score.nll / max(score.chars, 1)}): its weights overflow; "
-                         "the checkpoint is unusable")
-
-
 __all__ = ["ScoringStopped", "score_tokens", "evaluate_split", "default_data_dir",
-           "evaluate_checkpoint_split", "require_finite"]
+           "evaluate_checkpoint_split"]
