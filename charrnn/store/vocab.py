@@ -187,7 +187,9 @@ class Vocab:
     def _lookup(self) -> np.ndarray:
         if self._table is None:
             top = max(ord(c) for c in self.itos)
-            table = np.full(top + 1, -1, np.int64)     # (max code point + 1,)
+            # one slot past the largest code point holds -1: every code point outside the
+            # table is clamped onto it, so a lookup is one clamp and one gather (no mask)
+            table = np.full(top + 2, -1, np.int64)     # (max code point + 2,)
             for i, c in enumerate(self.chars):
                 table[ord(c)] = i
             self._table = table
@@ -199,10 +201,10 @@ class Vocab:
         included).  Training data, prime texts and scored texts are all encoded here."""
         table = self._lookup()
         cps = np.asarray(cps)
-        inside = (cps >= 0) & (cps < len(table))
-        ids = np.full(cps.shape, -1, np.int64)              # (n,)
-        ids[inside] = table[cps[inside]]
-        return ids
+        last = len(table) - 1                               # the -1 slot
+        if cps.dtype.kind == "u":
+            return table[np.minimum(cps, last)]             # (n,)
+        return table[np.clip(cps, -1, last)]                # (n,) index -1 is the -1 slot
 
     def encode(self, text: str, what: str = "text", dtype=None) -> np.ndarray:
         """Ids of ``text``.  Characters outside the vocabulary map to the unknown symbol
