@@ -132,7 +132,7 @@ def test_low_memory_trains_alike_and_can_be_toggled_on_resume(text_file, tmp_pat
 
 def test_too_little_memory_turns_on_low_memory_or_refuses(text_file, tmp_path, capsys,
                                                           monkeypatch):
-    import charrnn.training.loop as T
+    import charrnn.training.memory as T
     from charrnn.config import ModelConfig, TrainConfig
 
     args = ["--layers", "1", "--hidden", "16", "--batch-size", "128", "--seq-len", "32",
@@ -154,8 +154,8 @@ def test_too_little_memory_turns_on_low_memory_or_refuses(text_file, tmp_path, c
     assert code == 1 and out == ""
     last = err.splitlines()[-1]
     assert last.startswith("Error: this model and batch need about ") and \
-        last.endswith(" MB is available; lower --batch-size, --seq-len or --hidden") and \
-        "MB of memory (with --low-memory) but only " in last and "Traceback" not in err
+        last.endswith(" MiB is available; lower --batch-size, --seq-len or --hidden") and \
+        "MiB of memory (with --low-memory) but only " in last and "Traceback" not in err
 
 
 def test_corrupt_latest_is_refused(text_file, tmp_path, capsys):

@@ -161,15 +161,15 @@ def command(ctx, data, run_dir, corpus, restart, init_from, publish, grow_vocab,
     mcfg.validate()
     tcfg.validate()
 
-    from ..training.distributed import from_environment
+    from ..training.distributed import communicator
 
-    comm = from_environment(force=distributed)
-    if comm is not None and comm.rank != 0:
+    comm = communicator(force=distributed)
+    if comm.rank != 0:
         console.configure(quiet=True, log_file=None)       # rank 0 alone logs
-    with (comm.guard() if comm is not None else contextlib.nullcontext()):
+    with comm.guard():
         summary = _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads,
                        as_json, explicit, mcfg, tcfg, comm, data_cfg, data_explicit)
-    if comm is None or comm.rank == 0:
+    if comm.rank == 0:
         if as_json:
             _emit(summary)
         _print_summary(summary)
@@ -194,10 +194,9 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
 
     from ..errors import InputError
 
-    together = comm.together if comm is not None else contextlib.nullcontext
-    rank0 = comm is None or comm.rank == 0
+    rank0 = comm.rank == 0
     run = Path(run_dir)
-    with together():
+    with comm.together():
         if not str(run_dir).strip():
             raise click.BadParameter("give a run directory, not an empty path",
                                      param_hint="'-o' / '--out'")
@@ -207,8 +206,8 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
                 and not Path(data, "meta.json").is_file():
             raise InputError(f"{data} is a run directory, not data; its prepared data is "
                              f"{Path(data, 'data')}")
-        if comm is not None and threads is None and not os.environ.get("CHARRNN_THREADS"):
-            threads = comm.default_threads()        # the host's cores shared by its ranks
+        if threads is None and not os.environ.get("CHARRNN_THREADS"):
+            threads = comm.default_threads()        # MPI: the host's cores shared by its ranks
         n_threads = use_threads(threads)
         if publish is not None and rank0:
             from ..store.fsutil import check_publish_target
@@ -222,15 +221,14 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
     data_dir = None
     created = rank0 and not run.exists() and not run.is_symlink()
     try:
-        with together():
+        with comm.together():
             if lock is not None:
                 lock.acquire()
             if rank0:       # the other ranks wait in together()'s exchange meanwhile
                 data_dir = resolve_training_data(data, corpus, run, restart=restart,
                                                  grow_vocab=grow_vocab, data_cfg=data_cfg,
                                                  data_explicit=data_explicit)
-        if comm is not None:
-            data_dir = comm.bcast(data_dir)
+        data_dir = comm.bcast(data_dir)
         opts = RunOptions(run_dir=run, data_dir=data_dir, restart=restart, init_from=init_from,
                           explicit=explicit, json_lines=as_json, threads=n_threads,
                           emit=_emit if as_json else None, comm=comm, grow_vocab=grow_vocab,
@@ -284,7 +282,7 @@ def _stop_cleanly_before_training() -> None:
 
 def _print_summary(s: dict) -> None:
     from .. import console
-    from ..training.loop import fmt_duration
+    from ..units import fmt_duration
 
     def lb(loss, bpc):
         return "n/a" if loss is None else f"{loss:.4f} (bpc {bpc:.3f})"

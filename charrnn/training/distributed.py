@@ -56,6 +56,7 @@ import zlib
 import numpy as np
 
 from ..errors import CharrnnError, ConfigError, DistributedError, Interrupted, TrainingDiverged
+from .local import LOCAL, LocalComm
 
 SYNC_CHECK_EVERY = 200
 # How long a rank that raised an error every rank should raise at the same step waits
@@ -134,6 +135,10 @@ def _prefix_error(exc: BaseException, prefix: str) -> None:
 class Comm:
     """The few collective operations the trainer needs (one object per rank)."""
 
+    # Other processes take part in every collective: a pass (a validation, a timing)
+    # must run to its end on every rank, never stop part-way on one.
+    alone = False
+
     def __init__(self, mpi_comm):
         from mpi4py import MPI
 
@@ -187,6 +192,13 @@ class Comm:
     def stream_range(self, B: int) -> tuple[int, int]:
         """This rank's streams ``lo:hi`` of a batch of B (contiguous, B/N each)."""
         return stream_range(B, self.rank, self.size)
+
+    def dropout_masks(self, model, B: int, T: int, rng) -> list:
+        """This rank's streams of the whole batch's dropout masks, drawn from the
+        generator every rank shares, so N ranks train what one process would."""
+        lo, hi = self.stream_range(B)
+        full = model.dropout_masks(B, T, rng)                      # L x (T, B, H)
+        return [np.ascontiguousarray(m[:, lo:hi]) for m in full]  # L x (T, b, H)
 
     def reduce_grad(self, grad_flat: np.ndarray, loss: float, B_local: int, B: int) -> float:
         """Sum the B_local/B-weighted gradients of all ranks in place (ONE Allreduce on
@@ -372,7 +384,13 @@ def from_environment(force: bool = False) -> Comm | None:
     return comm
 
 
-__all__ = ["Comm", "PeerExit", "from_environment", "launched_size", "launched_rank",
+def communicator(force: bool = False) -> Comm | LocalComm:
+    """:func:`from_environment`'s Comm, or :data:`LOCAL` for a single process."""
+    comm = from_environment(force)
+    return LOCAL if comm is None else comm
+
+
+__all__ = ["Comm", "LocalComm", "LOCAL", "PeerExit", "from_environment", "communicator", "launched_size", "launched_rank",
            "stream_range", "first_reason", "decide_failure", "param_checksum",
            "exit_code_of", "error_message", "SYNC_CHECK_EVERY", "COLLECTIVE_ERRORS",
            "MPI_INSTALL_HINT"]

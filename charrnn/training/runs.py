@@ -34,6 +34,8 @@ import numpy as np
 from .. import console
 from ..config import DataConfig
 from ..errors import CharrnnError, ConfigError, InputError, VocabError
+from .distributed import Comm
+from .local import LOCAL, LocalComm
 
 DATA_SUBDIR = "data"
 
@@ -104,7 +106,7 @@ def _run_vocab(run_dir: Path):
 
 
 def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
-                          grow_vocab: bool = False, comm=None,
+                          grow_vocab: bool = False, comm: Comm | LocalComm = LOCAL,
                           data_cfg: DataConfig | None = None,
                           data_explicit: Collection[str] | None = None) -> Path:
     """The prepared data directory for a training run (see the module docstring).
@@ -112,7 +114,8 @@ def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
     ``data_cfg``: the data options (prepare's) for text DATA or a corpus; None means the
     defaults.  ``data_explicit``: the names of the DataConfig fields the user gave (the
     others may take the recorded values when the run resumes); None means every field
-    of ``data_cfg`` when it is given, none otherwise."""
+    of ``data_cfg`` when it is given, none otherwise.  ``comm``: under MPI, rank 0
+    prepares and the others wait."""
     from ..store.checkpoint import LATEST_NAME
     from ..store.data import fingerprint_sources, prepare
 
@@ -138,7 +141,7 @@ def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
         inputs = []
     run_dir = Path(run_dir)
     target = run_dir / DATA_SUBDIR
-    rank0 = comm is None or comm.rank == 0
+    rank0 = comm.rank == 0
     if rank0:
         recorded = _recorded_options(target) if is_prepared(target) else None
         resuming = not restart and (run_dir / LATEST_NAME).is_file()
@@ -164,8 +167,7 @@ def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
             except VocabError as e:
                 raise VocabError(f"{e}; add --grow-vocab to extend the model's vocabulary "
                                  "(or --restart to start a new model)") from None
-    if comm is not None:
-        comm.barrier()
+    comm.barrier()
     return target
 
 
