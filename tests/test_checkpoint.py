@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from charrnn.store import checkpoint as ckpt
+from charrnn.store import ckpt_format
 from charrnn.store.checkpoint import (BEST_NAME, LATEST_NAME, load_model, model_from_checkpoint,
                                 read_checkpoint, read_header, resolve_checkpoint, save_model)
 from charrnn.config import ModelConfig
@@ -82,8 +82,8 @@ def _rewrite(src, dst, meta=None, tensors=None, fix_checksums=True, drop_meta=()
         else:
             new_tensors[k] = v
     if fix_checksums:
-        sums = {k: ckpt._tensor_digest(v) for k, v in new_tensors.items()}
-        sums["__metadata__"] = ckpt._metadata_digest(new_meta)
+        sums = {k: ckpt_format.tensor_digest(v) for k, v in new_tensors.items()}
+        sums["__metadata__"] = ckpt_format.metadata_digest(new_meta)
         new_meta["checksums"] = json.dumps(sums)
     with open(dst, "wb") as f:
         f.write(st_save(new_tensors, metadata=new_meta))
