@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.store import data as data_mod
+from charrnn.store import outdir
+from charrnn.store import prepare as prepare_mod
+from charrnn.store import text as text_mod
 from charrnn.config import DataConfig
 from charrnn.store.data import (Dataset, StreamBatches, fingerprint_sources, iter_eval_batches,
                           prepare, resolve_inputs)
@@ -157,7 +159,7 @@ def test_chunk_boundaries_do_not_matter(tmp_path, monkeypatch):
     text = "naïve café — 😀 ünïcödé\n" * 50
     ds, _ = _prep(tmp_path, text)
     want = _all_tokens(ds).copy()
-    monkeypatch.setattr(data_mod, "CHUNK_BYTES", 7)       # splits multi-byte characters
+    monkeypatch.setattr(text_mod, "CHUNK_BYTES", 7)       # splits multi-byte characters
     src = tmp_path / "in.txt"
     prepare([str(src)], tmp_path / "d7", show_progress=False)
     ds7 = Dataset(tmp_path / "d7")
@@ -168,7 +170,7 @@ def test_chunk_boundaries_do_not_matter(tmp_path, monkeypatch):
 @pytest.mark.parametrize("chunk", [None, 5])
 def test_invalid_utf8_reports_the_byte_offset(tmp_path, monkeypatch, chunk):
     if chunk:
-        monkeypatch.setattr(data_mod, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(text_mod, "CHUNK_BYTES", chunk)
     raw = "héllo wörld ".encode("utf-8") + b"\xff" + b" more"
     src = tmp_path / "bad.txt"
     src.write_bytes(raw)
@@ -324,7 +326,7 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
     def boom(self, ids):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_mod._SplitWriter, "write", boom)
+    monkeypatch.setattr(prepare_mod._SplitWriter, "write", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare([str(src)], tmp_path / "new" / "d", show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]   # no parents, no temps
@@ -339,7 +341,7 @@ def test_interrupted_replacement_keeps_the_previous_output(tmp_path, monkeypatch
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_mod, "_install", boom)
+    monkeypatch.setattr(outdir, "install", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare([str(src)], tmp_path / "d", show_progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn.store import corpora
-from charrnn.store import data as data_mod
-from charrnn.store.data import Dataset, prepare
-from charrnn.errors import CorpusError, DataError, Interrupted, InputError, VocabError
+from charrnn.config import DataConfig
+from charrnn.store import corpora, outdir
+from charrnn.store.data import Dataset, prepare, stop_on_sigterm
+from charrnn.errors import CorpusError, DataError, DiskFullError, Interrupted, InputError, VocabError
 from charrnn.store.vocab import Vocab
 
 from conftest import make_text, run_main
@@ -545,7 +545,7 @@ def test_prepare_refuses_text_that_decodes_to_surrogates(tmp_path):
     src = tmp_path / "esc.txt"
     src.write_bytes(b"abc \\ud800 def\n" * 40)
     with pytest.raises(InputError, match="lone surrogates"):
-        prepare([str(src)], tmp_path / "d", data_mod.DataConfig(encoding="unicode_escape"),
+        prepare([str(src)], tmp_path / "d", DataConfig(encoding="unicode_escape"),
                 show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["esc.txt"]
 
@@ -554,7 +554,7 @@ def test_token_files_that_do_not_fit_the_disk(tmp_path, monkeypatch):
     src = tmp_path / "in.txt"
     src.write_text(make_text(200_000), encoding="utf-8")
     monkeypatch.setenv("CHARRNN_TEST_DISK_FREE", "100000")
-    with pytest.raises(data_mod.DiskFullError, match=r"the token files need 200.0 KB, but "):
+    with pytest.raises(DiskFullError, match=r"the token files need 195.3 KiB, but "):
         prepare([str(src)], tmp_path / "d", show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
 
@@ -606,7 +606,7 @@ def test_endless_stream_stops_before_the_disk_fills(tmp_path):
         except OSError:
             pass
     line = _assert_one_error(rc, with_err, "standard input: stopped reading after ")
-    assert "MB free" in line and "endless stream" in line
+    assert "MiB free" in line and "endless stream" in line
     assert _leftovers(tmp_path) == []
 
 
@@ -643,16 +643,16 @@ def test_sigterm_during_a_slow_stream_removes_everything(tmp_path):
 def test_a_signal_during_install_waits_until_the_output_is_in_place(tmp_path, monkeypatch):
     src = tmp_path / "in.txt"
     src.write_text(make_text(3000), encoding="utf-8")
-    real = data_mod._install
+    real = outdir.install
 
     def install(*args):
         os.kill(os.getpid(), signal.SIGTERM)       # arrives in the middle of the swap
         time.sleep(0.05)
         real(*args)
 
-    monkeypatch.setattr(data_mod, "_install", install)
+    monkeypatch.setattr(outdir, "install", install)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted) as ei, data_mod.stop_on_sigterm():
+    with pytest.raises(Interrupted) as ei, stop_on_sigterm():
         prepare([str(src)], tmp_path / "d", show_progress=False)
     assert ei.value.exit_code == 143
     assert Dataset(tmp_path / "d").counts["train"] > 0        # complete, in place
@@ -672,14 +672,14 @@ def test_concurrent_prepares_the_last_one_wins(tmp_path, monkeypatch, existing):
     out = tmp_path / "d"
     if existing:
         prepare([str(b)], out, show_progress=False)
-    real = data_mod._install
+    real = outdir.install
 
     def racing(*args):
-        monkeypatch.setattr(data_mod, "_install", real)
+        monkeypatch.setattr(outdir, "install", real)
         prepare([str(b)], out, show_progress=False)       # the other one finishes first
         real(*args)
 
-    monkeypatch.setattr(data_mod, "_install", racing)
+    monkeypatch.setattr(outdir, "install", racing)
     prepare([str(a)], out, show_progress=False)
     ds = Dataset(out)
     assert ds.counts["train"] + ds.counts["val"] == 3000

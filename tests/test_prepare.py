@@ -34,7 +34,7 @@ def test_prepare_prints_a_summary_on_stderr(tmp_path, corpus, capsys):
                             capsys)
     assert code == 0 and out == ""
     lines = err.splitlines()
-    assert lines[0].startswith(f"prepared {tmp_path / 'd'} from 1 file (4.0 KB) in ")
+    assert lines[0].startswith(f"prepared {tmp_path / 'd'} from 1 file (3.9 KiB) in ")
     assert lines[1] == f"  characters 4,000, vocabulary {len(set(corpus.read_text()))} (uint8)"
     assert lines[2] == "  train 3,400 | val 200 | test 400"
     assert Dataset(tmp_path / "d").counts == {"train": 3400, "val": 200, "test": 400}

@@ -54,7 +54,8 @@ def command(ctx, inputs, corpus, output, force, list_corpora, as_json, **values)
         raise click.UsageError("give INPUT files or folders, '-' for stdin, or --corpus NAME.")
     cfg, _explicit = data_config(ctx, values)
 
-    from ..store.data import prepare, stop_on_sigterm
+    from ..store.outdir import stop_on_sigterm
+    from ..store.prepare import prepare
 
     # SIGTERM (and Ctrl-C) end prepare with one line, removing its build directory and
     # the spool of a stream (exit 143 / 130).
@@ -68,21 +69,15 @@ def command(ctx, inputs, corpus, output, force, list_corpora, as_json, **values)
             log(line)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def format_summary(s: dict) -> list[str]:
     """The human summary printed on stderr."""
+    from ..units import fmt_bytes
+
     src = f"corpus {s['corpus']}" if s.get("corpus") else \
         f"{s['files']} file{'s' if s['files'] != 1 else ''}"
     unk = f", {s['unknown']:,} mapped to {s['unk']!r}" if s.get("unk") is not None else ""
     return [
-        f"prepared {s['data_dir']} from {src} ({_size(s['bytes'])}) in {s['seconds']:.1f} s",
+        f"prepared {s['data_dir']} from {src} ({fmt_bytes(s['bytes'])}) in {s['seconds']:.1f} s",
         f"  characters {s['chars']:,}, vocabulary {s['vocab_size']} ({s['dtype']}){unk}",
         f"  train {s['train']:,} | val {s['val']:,} | test {s['test']:,}",
     ]

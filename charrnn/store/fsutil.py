@@ -50,6 +50,11 @@ class _FaultyFile:
         return getattr(self._f, name)
 
 
+def os_message(e: OSError) -> str:
+    """The reason of an OSError as a message shows it: "no such file or directory"."""
+    return (e.strerror or str(e)).lower()
+
+
 def fsync_dir(path) -> None:
     """fsync a directory so that renames inside it are durable (no-op where unsupported)."""
     try:
@@ -229,5 +234,5 @@ def publish_copy(src, dst) -> None:
 
 
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "fsync_dir",
-           "remove_stale_temps", "sha256_file", "pid_alive", "make_temp", "check_publish_target",
-           "publish_copy"]
+           "remove_stale_temps", "sha256_file", "pid_alive", "make_temp", "os_message",
+           "check_publish_target", "publish_copy"]
