@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from charrnn.config import DataConfig
-from charrnn.store import corpora, outdir
+from charrnn.store import corpora, corpus_cache, outdir
 from charrnn.store.data import Dataset, prepare, stop_on_sigterm
 from charrnn.errors import CorpusError, DataError, DiskFullError, Interrupted, InputError, VocabError
 from charrnn.store.vocab import Vocab
@@ -765,7 +765,7 @@ def test_an_unverified_local_copy_warns_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CHARRNN_CORPORA_DIR", str(local))
     monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(corpora.get("alice"), "sha256", None)
-    monkeypatch.setattr(corpora, "_warned_unverified", set())
+    monkeypatch.setattr(corpus_cache, "_warned_unverified", set())
     assert corpora.corpus_files("alice") == [local / "alice.txt"]
     assert corpora.corpus_files("alice") == [local / "alice.txt"]
     err = capsys.readouterr().err
