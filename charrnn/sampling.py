@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import SampleConfig
 from .errors import ConfigError, InputError
+from .model.sampler_weights import PackedWeights, pack_weights
 
 CHUNK = 256          # characters per kernel call when streaming by chunks
 
@@ -60,107 +61,6 @@ def seed_streams(seed: int, n: int, first: int = 0) -> np.ndarray:
     return out
 
 
-# ---------------------------------------------------------------------- weights
-
-@dataclass
-class PackedWeights:
-    """The model's parameters in the layout of the generation kernel (see there)."""
-
-    cell: int
-    gru_before: int
-    relu: int
-    use_peep: int
-    residual: int
-    table0: np.ndarray      # (V, G*H)
-    w_ih: np.ndarray        # (L, G*H, H)
-    b_ih: np.ndarray        # (L, G*H)
-    w_hh: np.ndarray        # (L, G*H, H)
-    b_hh: np.ndarray        # (L, G*H)
-    peep: np.ndarray        # (L, 3, H)
-    head_w: np.ndarray      # (V, H)
-    head_b: np.ndarray      # (V,)
-    # for the packed-weight products (product mode 2), else (L, 1, 1, NR) stand-ins
-    pw_ih: np.ndarray | None = None     # (L, P, H, NR) W_ih^T packed, layers 1..L-1
-    pw_hh: np.ndarray | None = None     # (L, P, H, NR) W_hh^T (GRU "before": r, z cols)
-    pw_hn: np.ndarray | None = None     # (L, P, H, NR) GRU "before": W_hn^T
-    pw_head: np.ndarray | None = None   # (P, H, NR) head.weight^T
-
-    def args(self) -> tuple:
-        return (self.cell, self.gru_before, self.relu, self.use_peep, self.residual)
-
-    def arrays(self) -> tuple:
-        return (self.table0, self.w_ih, self.b_ih, self.w_hh, self.b_hh, self.peep,
-                self.head_w, self.head_b, self.pw_ih, self.pw_hh, self.pw_hn, self.pw_head)
-
-    def pack_products(self, packed: bool) -> None:
-        """Packs the weights for product mode 2 (``packed``), else sets stand-ins."""
-        from .kernels.packed import packed as pack
-        from .kernels.packed import packed_shape, panel_width
-        from .kernels.sample import CELL_CODES
-
-        L, GH, H = self.w_hh.shape
-        dt = self.w_hh.dtype
-        if not packed:
-            nr = panel_width(dt)
-            self.pw_ih = self.pw_hh = self.pw_hn = np.zeros((L, 1, 1, nr), dt)
-            self.pw_head = np.zeros((1, 1, nr), dt)
-            return
-
-        def stack(ws):                      # [(K, N) views] -> (L, P, K, NR)
-            out = np.zeros((L,) + packed_shape(*ws[0].shape, dt), dt)
-            for k, w in enumerate(ws):
-                pack(w, out[k])
-            return out
-
-        self.pw_ih = stack([self.w_ih[k].T for k in range(L)])
-        if self.cell == CELL_CODES["gru"] and self.gru_before:
-            self.pw_hh = stack([self.w_hh[k][:2 * H].T for k in range(L)])
-            self.pw_hn = stack([self.w_hh[k][2 * H:].T for k in range(L)])
-        else:
-            self.pw_hh = stack([self.w_hh[k].T for k in range(L)])
-            self.pw_hn = self.pw_hh
-        self.pw_head = pack(self.head_w.T)
-
-
-def pack_weights(model) -> PackedWeights:
-    """Copy ``model``'s parameters into the kernel's layout (in the model's dtype).
-
-    Layer 0's input projection is tabulated per symbol in float64 and then rounded:
-    one-hot input gives the columns of W_ih_l0, an embedding gives emb @ W_ih_l0^T."""
-    from .kernels.sample import CELL_CODES
-
-    cfg = model.config
-    p = model.params
-    dt = model.dtype
-    L, H, G = cfg.num_layers, cfg.hidden_size, cfg.gates
-    w0 = p["rnn.weight_ih_l0"].astype(np.float64)          # (G*H, I)
-    if cfg.embed_size > 0:
-        t0 = p["embedding.weight"].astype(np.float64) @ w0.T  # (V, G*H)
-    else:
-        t0 = w0.T.copy()                                    # (V, G*H)
-    t0 += p["rnn.bias_ih_l0"]
-    w_ih = np.zeros((L, G * H, H), dt)                      # (L, G*H, H)
-    b_ih = np.zeros((L, G * H), dt)                         # (L, G*H)
-    w_hh = np.empty((L, G * H, H), dt)                      # (L, G*H, H)
-    b_hh = np.empty((L, G * H), dt)                         # (L, G*H)
-    peep = np.zeros((L, 3, H), dt)                          # (L, 3, H)
-    for k in range(L):
-        if k > 0:
-            w_ih[k] = p[f"rnn.weight_ih_l{k}"]
-            b_ih[k] = p[f"rnn.bias_ih_l{k}"]
-        w_hh[k] = p[f"rnn.weight_hh_l{k}"]
-        b_hh[k] = p[f"rnn.bias_hh_l{k}"]
-        if cfg.peepholes:
-            peep[k] = p[f"rnn.weight_peephole_l{k}"]
-    return PackedWeights(
-        cell=CELL_CODES[cfg.cell], gru_before=int(cfg.gru_reset == "before"),
-        relu=int(cfg.nonlinearity == "relu"), use_peep=int(cfg.peepholes),
-        residual=int(cfg.residual),
-        table0=np.ascontiguousarray(t0.astype(dt)), w_ih=w_ih, b_ih=b_ih, w_hh=w_hh,
-        b_hh=b_hh, peep=peep, head_w=np.ascontiguousarray(p["head.weight"]),
-        head_b=np.ascontiguousarray(p["head.bias"]))
-
-
 # ---------------------------------------------------------------------- the sampler
 
 class Sampler:
@@ -179,6 +79,7 @@ class Sampler:
         SampleConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                      greedy=bool(greedy), seed=int(seed)).validate()
         from .kernels import sample as KS
+        from .kernels.modes import Product
 
         self._k = KS
         self.model = model
@@ -187,26 +88,20 @@ class Sampler:
         self.temperature = temperature
         self.top_k = int(top_k)
         self.top_p = float(top_p)
-        self.greedy = int(greedy)
+        self.greedy = bool(greedy)
         if blas is None:
             blas = auto_blas(model.config.hidden_size, num_streams)
-        # the product mode of the kernel (kernels.sample): several streams go through
-        # the packed-weight kernel, in groups of streams on numba's threads; one stream
-        # through BLAS (when blas) or our loops
-        if blas and self.N > 1:
-            self.blas = KS.PACKED
-        else:
-            self.blas = int(bool(blas) and KS.HAVE_BLAS)
-            if self.blas:
-                KS.load_blas()
+        # the product mode of the kernel (charrnn.kernels.matmul.product): the
+        # packed-weight kernel (several streams in groups on numba's threads, or one
+        # stream of a wide model), else row-by-row dots
+        self.product = Product.PACKED if blas else Product.ROWS
         from .kernels import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
-        self._threads = runtime.threads()
         self.groups = 1
-        if self.blas == KS.PACKED:
+        if self.product == Product.PACKED:
             self.groups = max(1, min(runtime.numba_threads(), self.N // STREAMS_PER_THREAD))
         self.w = pack_weights(model)
-        self.w.pack_products(self.blas == KS.PACKED)
+        self.w.pack_products(self.product == Product.PACKED)
         cfg = model.config
         L, H = cfg.num_layers, cfg.hidden_size
         self.h = np.zeros((L, self.N, H), model.dtype)                      # (L, N, H)
@@ -220,21 +115,22 @@ class Sampler:
         out_lp = np.zeros((self.N, max(n_steps, 1)), np.float64)            # (N, S)
         if n_steps > 0:
             self._check_start()
-            args = (*self.w.args(), self.blas, *self.w.arrays(), self.h, self.c, self.cur,
-                    forced, int(n_forced), int(bool(score_forced)), int(n_steps),
-                    self.temperature, self.top_k, self.top_p, self.greedy, self.rng,
+            K = self._k
+            args = (self.w.options(self.product), self.w.weights(),
+                    K.DrawOptions(self.temperature, self.top_k, self.top_p, self.greedy),
+                    K.Streams(self.h, self.c, self.cur, self.rng),
+                    K.Forced(forced, int(n_forced), bool(score_forced)), int(n_steps),
                     out_ids, out_lp)
             if self.groups > 1:
-                self._k._generate_streams(self.groups, *args)
-            elif self.blas == 1 and self._threads > 1:
-                # charrnn keeps BLAS on one thread (runtime.configure_threads); one
-                # stream of a wide model is the case where BLAS's own threads help
-                from threadpoolctl import threadpool_limits
-                with threadpool_limits(self._threads, user_api="blas"):
-                    self._k._generate_kernel(*args)
+                K._generate_streams(self.groups, *args)
             else:
-                self._k._generate_kernel(*args)
+                K._generate_kernel(*args)
         return out_ids[:, :n_steps], out_lp[:, :n_steps]
+
+    @property
+    def blas(self):
+        """The product mode (its old name)."""
+        return self.product
 
     def _check_start(self) -> None:
         """The ids the kernel reads first must index the weights, whatever a checkpoint
@@ -311,10 +207,9 @@ PRIME_PIECE = 1 << 16
 
 
 def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
-    """Our loops for one stream of a model up to 256 wide (as fast as BLAS) or on one
-    thread; the packed-weight kernel for several streams (Sampler); BLAS for one stream
-    of a wider model when BLAS has threads to split the rows over
-    (benchmarks/sample_speed.py)."""
+    """Row-by-row dots for one stream of a model up to 256 wide or on one thread; the
+    packed-weight kernel for several streams (Sampler) and for one stream of a wider
+    model on several threads (where BLAS gemv through scipy was once used)."""
     if threads is None:
         from .kernels import runtime
         threads = runtime.threads()
@@ -348,8 +243,8 @@ def draw_from_logits(logits, M: int, temperature: float = 1.0, top_k: int = 0,
     greedy, temperature = _greedy_at_zero(greedy, temperature)
     z = np.ascontiguousarray(logits, dtype=np.float64)                       # (V,)
     out = np.empty(int(M), np.int64)                                         # (M,)
-    KS._draw_repeat(z, int(M), temperature, int(top_k), float(top_p),
-                    int(greedy), seed_streams(seed, 1)[0], out)
+    KS._draw_repeat(z, int(M), KS.DrawOptions(temperature, int(top_k), float(top_p),
+                                              bool(greedy)), seed_streams(seed, 1)[0], out)
     return out
 
 

@@ -59,34 +59,32 @@ def test_step_kernel_log_probs_equal_batched_forward(cell, opts, L):
 
 
 @pytest.mark.parametrize("cell,opts", [("lstm", {}), ("gru", dict(gru_reset="before"))])
-def test_one_stream_through_blas_equals_batched_forward(cell, opts):
-    """Product mode 1 (one stream, numba's np.dot through scipy's BLAS, when installed)."""
-    import charrnn.kernels.sample as KS
+def test_one_stream_through_the_packed_kernel_equals_batched_forward(cell, opts):
+    """One stream with blas=True takes the packed-weight product (Product.PACKED)."""
+    from charrnn.kernels.modes import Product
 
     m = _model(cell, L=2, H=6, **opts)
     seq = np.random.default_rng(5).integers(0, m.config.vocab_size, (1, 15))  # (1, S)
     ref, _ = m.log_probs(seq[:, :-1], seq[:, 1:])                          # (1, S-1)
     s = Sampler(m, 1, blas=True)
-    assert s.blas == int(KS.HAVE_BLAS)
+    assert s.product == Product.PACKED
     np.testing.assert_allclose(s.score_streams(seq), ref, rtol=1e-10, atol=1e-12)
 
 
-def test_scipy_is_imported_only_for_the_blas_mode():
-    """`charrnn sample` of one narrow stream does not pay for importing scipy's BLAS."""
+def test_sampling_never_imports_scipy():
+    """No product mode needs scipy (an undeclared dependency): sampling in every mode,
+    from cached kernels, leaves it unimported (numba's compiler itself may import it)."""
     code = ("import sys; from tests.test_sampling import _model; "
             "from charrnn.sampling import Sampler; m = _model(); "
             "Sampler(m, 1, blas=False).generate(5); Sampler(m, 4, blas=True).generate(5); "
-            "before = 'scipy.linalg' in sys.modules; "
-            "import charrnn.kernels.sample as KS; Sampler(m, 1, blas=True); "
-            "print(before, 'scipy.linalg' in sys.modules, KS.HAVE_BLAS)")
+            "Sampler(m, 1, blas=True).generate(5); "
+            "print('scipy' in sys.modules)")
     for _ in range(2):      # the second with every kernel cached (compiling imports it)
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=dict(os.environ, CHARRNN_THREADS="2"), timeout=300,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert res.returncode == 0, res.stderr
-    before, after, have = res.stdout.split()
-    assert before == "False"
-    assert after == have                    # imported by the BLAS mode, when installed
+    assert res.stdout.split() == ["False"]
 
 
 def test_step_kernel_float32_close_to_forward():
@@ -153,7 +151,7 @@ def test_packed_streams_split_between_threads_change_nothing(cell, kw, monkeypat
     the numbers of the loops to rounding."""
     from charrnn.kernels import runtime
     from charrnn import sampling
-    from charrnn.kernels import sample as KS
+    from charrnn.kernels.modes import Product
 
     m = _model(cell, dtype="float64", **kw)
     monkeypatch.setattr(sampling, "STREAMS_PER_THREAD", 1)
@@ -161,7 +159,7 @@ def test_packed_streams_split_between_threads_change_nothing(cell, kw, monkeypat
     for groups in (1, 2, 3):
         monkeypatch.setattr(runtime, "numba_threads", lambda: groups)
         s = Sampler(m, 7, seed=3, blas=True)
-        assert s.blas == KS.PACKED and s.groups == groups
+        assert s.product == Product.PACKED and s.groups == groups
         s.prime_streams(np.tile(m.vocab.encode("hel", what="prime"), (7, 1)))
         out[groups] = s.generate(60)
     for groups in (2, 3):
@@ -172,7 +170,7 @@ def test_packed_streams_split_between_threads_change_nothing(cell, kw, monkeypat
     ids, lp = two.generate(60)
     np.testing.assert_array_equal(ids, out[1][0][:2])
     loops = Sampler(m, 7, seed=3, blas=False)
-    assert loops.blas == 0
+    assert loops.product == Product.ROWS
     seq = np.tile(m.vocab.encode(TEXT[:40], what="text"), (7, 1))
     np.testing.assert_allclose(Sampler(m, 7, blas=True).score_streams(seq),
                                loops.score_streams(seq), rtol=1e-12, atol=1e-12)

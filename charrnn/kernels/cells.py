@@ -26,11 +26,15 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .activations import exp_into, tanh_into
+from .gates import (argmax_row, gru_h_row, gru_n_after_row, gru_n_before_row, gru_reset_row,
+                    gru_rz_row, lstm_row, rnn_row)
 from .jit import jit, pjit
-from .activations import exp_into, sigmoid_into, tanh_into
+from .modes import GruStep
 
 # ---------------------------------------------------------------- LSTM (gates i, f, g, o)
-# The nonlinearities run through activations.sigmoid_into/tanh_into on contiguous row
+# The forward gate equations are charrnn.kernels.gates' (shared with the sampler); the
+# nonlinearities run through activations.sigmoid_into/tanh_into on contiguous row
 # slices: one simple loop each, which LLVM vectorises (a single loop body holding all
 # five activations and ten arrays stays scalar: 20x slower).  ``hh`` is scratch: it
 # receives the pre-activations.
@@ -40,32 +44,8 @@ from .activations import exp_into, sigmoid_into, tanh_into
 def _lstm_forward_step(xp, hh, b_hh, peep, use_peep, c_prev, h, c, gates, tc):
     """``gates`` may be ``xp`` itself (the layer stores the activations over the
     projection it no longer needs); ``tc`` (B, H) receives tanh(c_t), scratch."""
-    B, H = c.shape
-    for b in prange(B):
-        a = hh[b]
-        x = xp[b]
-        cp = c_prev[b]
-        g = gates[b]
-        cn = c[b]
-        for j in range(4 * H):
-            a[j] += x[j] + b_hh[j]
-        if use_peep:
-            for j in range(H):
-                a[j] += peep[0, j] * cp[j]
-                a[H + j] += peep[1, j] * cp[j]
-        sigmoid_into(a[:2 * H], g[:2 * H])
-        tanh_into(a[2 * H:3 * H], g[2 * H:3 * H])
-        for j in range(H):
-            cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j]
-        if use_peep:
-            for j in range(H):
-                a[3 * H + j] += peep[2, j] * cn[j]
-        sigmoid_into(a[3 * H:], g[3 * H:])
-        t = tc[b]
-        tanh_into(cn, t)
-        hb = h[b]
-        for j in range(H):
-            hb[j] = g[3 * H + j] * t[j]
+    for b in prange(c.shape[0]):
+        lstm_row(hh[b], xp[b], b_hh, peep, use_peep, c_prev[b], c[b], gates[b], tc[b], h[b])
 
 
 @jit
@@ -137,53 +117,35 @@ def _lstm_bwd_peep_if(a, p_i, p_f, cp, dc, dp):
 
 
 # ---------------------------------------------------------------- GRU (gates r, z, n)
-# mode 0: reset "after" (PyTorch), one kernel per step, hh = h_{t-1} W_hh^T (B, 3H),
-#         aux = W_hn h_{t-1} + b_hn.
-# mode 1: reset "before" (Cho 2014), first half: hh = h_{t-1} W_hrz^T (B, 2H) -> r, z and
-#         aux = r * h_{t-1} (the input of the second product).
-# mode 2: reset "before", second half: hh = aux W_hn^T (B, H) -> n and h_t.
+# GruStep.AFTER: reset "after" (PyTorch), one kernel per step, hh = h_{t-1} W_hh^T
+#         (B, 3H), aux = W_hn h_{t-1} + b_hn.
+# GruStep.BEFORE_RZ: reset "before" (Cho 2014), first half: hh = h_{t-1} W_hrz^T (B, 2H)
+#         -> r, z and aux = r * h_{t-1} (the input of the second product).
+# GruStep.BEFORE_N: reset "before", second half: hh = aux W_hn^T (B, H) -> n and h_t.
 
 
 @jit
 def _gru_forward_step(mode, xp, hh, b_hh, h_prev, h, gates, aux):
-    one = xp.dtype.type(1)
-    B, H = h.shape
-    for b in prange(B):
-        a = hh[b]
-        x = xp[b]
-        g = gates[b]
-        hp = h_prev[b]
-        ax = aux[b]
-        hb = h[b]
-        if mode != 2:
-            for j in range(2 * H):
-                a[j] += x[j] + b_hh[j]
-            sigmoid_into(a[:2 * H], g[:2 * H])
-            if mode == 1:
-                for j in range(H):
-                    ax[j] = g[j] * hp[j]
-                continue
-            for j in range(H):
-                an = a[2 * H + j] + b_hh[2 * H + j]
-                ax[j] = an
-                a[2 * H + j] = x[2 * H + j] + g[j] * an
-            tanh_into(a[2 * H:], g[2 * H:])
+    for b in prange(h.shape[0]):
+        if mode == GruStep.BEFORE_N:
+            gru_n_before_row(hh[b], xp[b], b_hh, gates[b])
         else:
-            for j in range(H):
-                a[j] += x[2 * H + j] + b_hh[2 * H + j]
-            tanh_into(a, g[2 * H:])
-        for j in range(H):
-            z = g[H + j]
-            hb[j] = (one - z) * g[2 * H + j] + z * hp[j]
+            gru_rz_row(hh[b], xp[b], b_hh, gates[b])
+            if mode == GruStep.BEFORE_RZ:
+                gru_reset_row(gates[b], h_prev[b], aux[b])
+                continue
+            gru_n_after_row(hh[b], xp[b], b_hh, gates[b], aux[b])
+        gru_h_row(gates[b], h_prev[b], h[b])
 
 
 @jit
 def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
     """dh_dir (B, H) carries the gradient reaching h_{t-1} outside the recurrent product.
 
-    mode 0 ("after"): everything for step t.  mode 1 ("before", part A): dn, dz from dh_t;
-    then the caller computes d(r*h) = dn_pre W_hn into ``dh_mm`` and calls mode 2 (part B)
-    for dr and the r*h path into h_{t-1} (dy is not read in mode 2).
+    GruStep.AFTER: everything for step t.  GruStep.BEFORE_RZ (part A): dn, dz from dh_t;
+    then the caller computes d(r*h) = dn_pre W_hn into ``dh_mm`` and calls
+    GruStep.BEFORE_N (part B) for dr and the r*h path into h_{t-1} (dy is not read
+    there).
     """
     one = dh_mm.dtype.type(1)
     B, H = dh_mm.shape
@@ -192,7 +154,7 @@ def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
             r = gates[b, j]
             z = gates[b, H + j]
             hp = h_prev[b, j]
-            if mode == 2:
+            if mode == GruStep.BEFORE_N:
                 drh = dh_mm[b, j]
                 dr_pre = drh * hp * r * (one - r)
                 dxp[b, j] = dr_pre
@@ -207,7 +169,7 @@ def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
             dhh[b, H + j] = dz_pre
             dxp[b, 2 * H + j] = dn_pre
             dh_dir[b, j] = dh * z
-            if mode == 1:
+            if mode == GruStep.BEFORE_RZ:
                 dhh[b, 2 * H + j] = dn_pre
                 continue
             dr_pre = dn_pre * aux[b, j] * r * (one - r)
@@ -221,19 +183,8 @@ def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
 
 @jit
 def _rnn_forward_step(relu, xp, hh, b_hh, h):
-    zero = xp.dtype.type(0)
-    B, H = h.shape
-    for b in prange(B):
-        a = hh[b]
-        x = xp[b]
-        hb = h[b]
-        for j in range(H):
-            a[j] += x[j] + b_hh[j]
-        if relu:
-            for j in range(H):
-                hb[j] = a[j] if a[j] > zero else zero
-        else:
-            tanh_into(a, hb)
+    for b in prange(h.shape[0]):
+        rnn_row(relu, hh[b], xp[b], b_hh, h[b])
 
 
 @jit
@@ -296,10 +247,7 @@ def _softmax_xent(logits, targets, scale, want_grad, dlogits, nll):
     dlogits may be logits itself (each row is read before it is written)."""
     N, V = logits.shape
     for n in prange(N):
-        m = logits[n, 0]
-        for v in range(1, V):
-            if logits[n, v] > m:
-                m = logits[n, v]
+        m = logits[n, argmax_row(logits[n])]
         tgt = targets[n]
         picked = logits[n, tgt] - m
         s = exp_into(logits[n], m, dlogits[n])     # dlogits is scratch without want_grad

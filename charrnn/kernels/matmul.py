@@ -32,26 +32,18 @@ The time loops (:mod:`charrnn.kernels.steps`) call the packed kernel's jitted
 """
 from __future__ import annotations
 
-from enum import IntEnum
-
 import numpy as np
 
 from . import runtime
 from .cpu import PORTABLE
 from .jit import jit
+from .modes import Product
 from .packed import ROW_BLOCK, _mm_bias, _mm_rows, _mm_serial, panel_width
 
 #: fewest rows of a product's output per thread of a plain (BLAS) :func:`matmul`
 MATMUL_ROWS = 64
 
 _pool: dict = {}
-
-
-class Product(IntEnum):
-    """How :func:`product` multiplies inside a kernel."""
-
-    ROWS = 0          # row-by-row dots (one stream)
-    PACKED = 2        # the packed-weight kernel (several streams)
 
 
 @jit

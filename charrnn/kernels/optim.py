@@ -22,18 +22,16 @@ import math
 import numpy as np
 from numba import prange
 
-from .jit import jit, pjit
 from .activations import _div
+from .jit import jit, pjit
+from .modes import Optimizer
 
 # Elements per chunk: large enough that the per-chunk overhead vanishes, small enough
 # that a 100k-parameter model still splits into chunks for two threads.
 CHUNK = 8192
 
-# Optimizer codes understood by update_kernel.
-ADAM = 0
-ADAMW = 1
-SGD = 2
-RMSPROP = 3
+# The optimizers update_kernel knows (charrnn.kernels.modes.Optimizer).
+ADAM, ADAMW, SGD, RMSPROP = Optimizer.ADAM, Optimizer.ADAMW, Optimizer.SGD, Optimizer.RMSPROP
 
 
 def n_chunks(n: int) -> int:
@@ -132,10 +130,11 @@ def update_kernel(p, g, m1, m2, kind, lr, scale, clip_value, wd,
     for c in prange(nc):
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
-        if kind == 0 or kind == 1:        # adam (L2 in the gradient) / adamw (decoupled)
-            _adam_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], kind == 1, lr, scale,
-                        use_cv, clip_value, wd, beta1, beta2, eps, step_size, inv_sqrt_bc2)
-        elif kind == 2:                   # sgd with momentum (torch semantics, dampening 0)
+        if kind == Optimizer.ADAM or kind == Optimizer.ADAMW:   # L2 / decoupled decay
+            _adam_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], kind == Optimizer.ADAMW,
+                        lr, scale, use_cv, clip_value, wd, beta1, beta2, eps, step_size,
+                        inv_sqrt_bc2)
+        elif kind == Optimizer.SGD:       # with momentum (torch semantics, dampening 0)
             _sgd_chunk(p[lo:hi], g[lo:hi], m1[lo:hi] if use_mom else m1, use_mom, lr, scale,
                        use_cv, clip_value, wd, momentum)
         else:                             # rmsprop, char-rnn / torch-optim flavour

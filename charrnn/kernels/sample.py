@@ -27,15 +27,14 @@ else drawn from the logits (temperature, top-k, top-p, or the argmax with ``gree
 truncation), so the mean of ``out_lp`` is minus the loss of the text.  Forced steps
 skip the head unless ``score_forced`` (warming the state on a prime needs no logits).
 
-Matrix products (``blas``, the product mode): 0 uses the loops of :func:`_matmul_rows`
-(a dot of every weight row with every stream's input while that row is in L1;
-deterministic: a stream's numbers do not depend on N or on threads); 1 uses ``np.dot``
-(BLAS gemv through scipy, for one stream of a wide model on two threads: 1.5x at H=512,
-benchmarks/sample_speed.py); 2 (PACKED) uses the packed-weight kernel of
-:mod:`charrnn.kernels.packed` with weights packed once per sampler (``pw_*``), for
-several streams, which :func:`_generate_streams` splits between threads (each stream's
-numbers again independent of N and of threads).  Without scipy, mode 1 falls back to
-the loops.
+Matrix products (``CellOptions.product``, by :func:`charrnn.kernels.matmul.product`):
+``Product.ROWS`` uses row-by-row dots (a dot of every weight row with every stream's
+input while that row is in L1; deterministic: a stream's numbers do not depend on N or
+on threads); ``Product.PACKED`` uses the packed-weight kernel with weights packed once
+per sampler (``pw_*``), for several streams (which :func:`_generate_streams` splits
+between threads, each stream's numbers again independent of N and of threads) and for
+one stream of a wide model.  The gate equations are :mod:`charrnn.kernels.gates`', the
+same code the training kernels run.
 
 Random numbers: every stream has its own xoshiro256** generator (4 uint64 words, seeded
 by :func:`charrnn.sampling.seed_streams` from the seed and the stream's index), so the
@@ -44,29 +43,73 @@ batch draws the same numbers as stream i of any other batch size.
 """
 from __future__ import annotations
 
-import importlib.util
+from typing import NamedTuple
 
 import numpy as np
-
 from numba import prange
 
+from .gates import (argmax_row, gru_h_row, gru_n_after_row, gru_n_before_row, gru_reset_row,
+                    gru_rz_row, log_softmax_at, log_sum_exp_shifted, lstm_row, rnn_row)
 from .jit import jit, pjit
-from .activations import sigmoid_into, tanh_into
-from .packed import _mm_serial
-
-#: numba's np.dot (product mode 1) calls BLAS through scipy, when it is installed.  A
-#: sampler imports it (load_blas) only when it takes that mode, before it sets the
-#: thread limits, so that they apply to scipy's BLAS too; not every `charrnn sample`
-#: (measured: importing scipy.linalg took 0.28 s of a 1.3 s `sample -n 100`).
-HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+from .matmul import product
+from .modes import Cell, Product
 
 
-def load_blas() -> None:
-    """Import the BLAS that product mode 1 calls (see HAVE_BLAS)."""
-    import scipy.linalg.cython_blas  # noqa: F401
+class CellOptions(NamedTuple):
+    """The model's options as the kernel reads them, and the product mode."""
 
-LSTM, GRU, RNN = 0, 1, 2
-CELL_CODES = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+    cell: Cell
+    gru_before: bool      # GRU reset "before"
+    relu: bool            # RNN nonlinearity
+    use_peep: bool        # LSTM peepholes
+    residual: bool
+    product: Product      # charrnn.kernels.matmul.product
+
+
+class Weights(NamedTuple):
+    """The weights in the kernel's layout (module docstring)."""
+
+    table0: np.ndarray    # (V, G*H)
+    w_ih: np.ndarray      # (L, G*H, H)
+    b_ih: np.ndarray      # (L, G*H)
+    w_hh: np.ndarray      # (L, G*H, H)
+    b_hh: np.ndarray      # (L, G*H)
+    peep: np.ndarray      # (L, 3, H)
+    head_w: np.ndarray    # (V, H)
+    head_b: np.ndarray    # (V,)
+    pw_ih: np.ndarray     # (L, P, H, NR) W_ih^T packed (Product.PACKED), else stand-ins
+    pw_hh: np.ndarray     # (L, P, H, NR) W_hh^T (GRU "before": r, z columns)
+    pw_hn: np.ndarray     # (L, P, H, NR) GRU "before": W_hn^T
+    pw_head: np.ndarray   # (P, H, NR) head.weight^T
+
+
+class DrawOptions(NamedTuple):
+    """How a symbol is drawn (:func:`_draw`)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    greedy: bool
+
+
+class Streams(NamedTuple):
+    """The state of N streams, updated in place: h, c (L, N, H) (c (1, N, H) for
+    GRU/RNN), the next inputs ``cur`` (N,) int64 and the generators ``rng`` (N, 4)."""
+
+    h: np.ndarray
+    c: np.ndarray
+    cur: np.ndarray
+    rng: np.ndarray
+
+
+class Forced(NamedTuple):
+    """Symbols fed instead of drawn: ``ids`` (N, >= n) for steps t < n; with ``score``
+    their log-probabilities are computed too."""
+
+    ids: np.ndarray
+    n: int
+    score: bool
+
 
 # ---------------------------------------------------------------- random numbers
 
@@ -99,9 +142,10 @@ def _uniform(s):
 
 
 @jit
-def _draw(z, temperature, top_k, top_p, greedy, s, w, order):
+def _draw(z, draw, s, w, order):
     """Draw a symbol from logits z (V,); returns (id, log-probability under the model).
 
+    ``draw`` (:class:`DrawOptions`): temperature, top_k, top_p, greedy.
     greedy: the first argmax (no random number used).  Otherwise the weights
     w = exp((z - max) / temperature) (float64), restricted to the top_k largest
     (0 = all; ties keep the lower ids) and then to the smallest prefix of those, in
@@ -109,20 +153,13 @@ def _draw(z, temperature, top_k, top_p, greedy, s, w, order):
     number picks from what is left in proportion to w.  ``w`` (V,) float64 and ``order``
     (V,) int64 are scratch.
     """
+    temperature, top_k, top_p, greedy = draw
     V = z.shape[0]
-    m = np.float64(z[0])
-    best = 0
-    for v in range(1, V):
-        zv = np.float64(z[v])
-        if zv > m:
-            m = zv
-            best = v
-    tot1 = 0.0
-    for v in range(V):
-        tot1 += np.exp(np.float64(z[v]) - m)
-    log_z = m + np.log(tot1)
+    best = argmax_row(z)
+    m = np.float64(z[best])
+    lse = log_sum_exp_shifted(z, m)
     if greedy:
-        return best, np.float64(z[best]) - log_z
+        return best, log_softmax_at(z, best, m, lse)
     inv_t = 1.0 / temperature
     total = 0.0
     for v in range(V):
@@ -159,7 +196,7 @@ def _draw(z, temperature, top_k, top_p, greedy, s, w, order):
             if u < acc:
                 pick = order[r]
                 break
-        return pick, np.float64(z[pick]) - log_z
+        return pick, log_softmax_at(z, pick, m, lse)
     u = _uniform(s) * total
     acc = 0.0
     pick = best
@@ -168,157 +205,65 @@ def _draw(z, temperature, top_k, top_p, greedy, s, w, order):
         if u < acc:
             pick = v
             break
-    return pick, np.float64(z[pick]) - log_z
+    return pick, log_softmax_at(z, pick, m, lse)
 
 
 @jit
-def _draw_repeat(z, M, temperature, top_k, top_p, greedy, s, out):
+def _draw_repeat(z, M, draw, s, out):
     """M draws from the same logits z (V,) with generator s; for tests of _draw."""
     V = z.shape[0]
     w = np.empty(V, np.float64)                     # (V,)
     order = np.empty(V, np.int64)                   # (V,)
     for i in range(M):
-        out[i], _ = _draw(z, temperature, top_k, top_p, greedy, s, w, order)
-
-
-# ---------------------------------------------------------------- matrix products
-
-
-@jit
-def _matmul_rows(W, X, Y):
-    """Y[n, j] = dot(W[j], X[n]) for W (R, C), X (N, C), Y (N, R).
-
-    Row by row: a weight row is loaded once and meets every stream's input while it is
-    in L1, so the weights stream from memory once per step whatever N.  Per element the
-    sum order is fixed, so results do not depend on N."""
-    R, C = W.shape
-    N = X.shape[0]
-    for j in range(R):
-        row = W[j]
-        for n in range(N):
-            x = X[n]
-            acc = W.dtype.type(0)
-            for i in range(C):
-                acc += row[i] * x[i]
-            Y[n, j] = acc
-
-
-PACKED = 2     # product mode: the packed-weight kernel (charrnn.kernels.packed)
-
-if HAVE_BLAS:
-    @jit
-    def _matmul(W, PW, X, Y, mode):
-        """Y = X W^T (N, R): our loops (mode 0), BLAS (1), or the packed kernel with PW,
-        W^T packed (2)."""
-        if mode == PACKED:
-            _mm_serial(X, PW, Y)
-        elif mode:
-            np.dot(X, W.T, Y)
-        else:
-            _matmul_rows(W, X, Y)
-else:
-    @jit
-    def _matmul(W, PW, X, Y, mode):
-        """Y = X W^T (N, R): our loops, or the packed kernel (numba's np.dot needs
-        scipy)."""
-        if mode == PACKED:
-            _mm_serial(X, PW, Y)
-        else:
-            _matmul_rows(W, X, Y)
-
-
-# ---------------------------------------------------------------- fused gates (one stream)
-
-
-@jit
-def _lstm_gates(a, xp, b_hh, pk, use_peep, h, c, g):
-    """a (4H,) = h W_hh^T on entry (scratch); updates h, c (H,) in place; g (4H,) scratch."""
-    H = h.shape[0]
-    for j in range(4 * H):
-        a[j] += xp[j] + b_hh[j]
-    if use_peep:
-        for j in range(H):
-            a[j] += pk[0, j] * c[j]
-            a[H + j] += pk[1, j] * c[j]
-    sigmoid_into(a[:2 * H], g[:2 * H])
-    tanh_into(a[2 * H:3 * H], g[2 * H:3 * H])
-    for j in range(H):
-        c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j]
-    if use_peep:
-        for j in range(H):
-            a[3 * H + j] += pk[2, j] * c[j]
-    sigmoid_into(a[3 * H:], g[3 * H:])
-    tanh_into(c, g[:H])
-    for j in range(H):
-        h[j] = g[3 * H + j] * g[j]
-
-
-@jit
-def _gru_rz(a, xp, b_hh, g):
-    """r, z into g[:2H] from a[:2H] = h W_hrz^T."""
-    H2 = g.shape[0] // 3 * 2
-    for j in range(H2):
-        a[j] += xp[j] + b_hh[j]
-    sigmoid_into(a[:H2], g[:H2])
-
-
-@jit
-def _gru_after_n(a, xp, b_hh, h, g):
-    """n = tanh(xp_n + r * (W_hn h + b_hn)) and h_t; a[2H:] = W_hn h on entry."""
-    one = h.dtype.type(1)
-    H = h.shape[0]
-    for j in range(H):
-        a[2 * H + j] = xp[2 * H + j] + g[j] * (a[2 * H + j] + b_hh[2 * H + j])
-    tanh_into(a[2 * H:], g[2 * H:])
-    for j in range(H):
-        z = g[H + j]
-        h[j] = (one - z) * g[2 * H + j] + z * h[j]
-
-
-@jit
-def _gru_before_n(hn, xp, b_hh, h, g):
-    """n = tanh(xp_n + W_hn (r * h) + b_hn) and h_t; hn (H,) = W_hn (r * h) on entry."""
-    one = h.dtype.type(1)
-    H = h.shape[0]
-    for j in range(H):
-        hn[j] += xp[2 * H + j] + b_hh[2 * H + j]
-    tanh_into(hn, g[2 * H:])
-    for j in range(H):
-        z = g[H + j]
-        h[j] = (one - z) * g[2 * H + j] + z * h[j]
-
-
-@jit
-def _rnn_gates(a, xp, b_hh, relu, h):
-    zero = h.dtype.type(0)
-    H = h.shape[0]
-    for j in range(H):
-        a[j] += xp[j] + b_hh[j]
-    if relu:
-        for j in range(H):
-            h[j] = a[j] if a[j] > zero else zero
-    else:
-        tanh_into(a, h)
+        out[i], _ = _draw(z, draw, s, w, order)
 
 
 # ---------------------------------------------------------------- the loop
 
 
 @jit
-def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
-                     table0, w_ih, b_ih, w_hh, b_hh, peep, head_w, head_b,
-                     pw_ih, pw_hh, pw_hn, pw_head,
-                     h, c, cur, forced, n_forced, score_forced, n_steps,
-                     temperature, top_k, top_p, greedy, rng, out_ids, out_lp):
-    L, GH, H = w_hh.shape
-    N = cur.shape[0]
-    V = head_w.shape[0]
-    dt = w_hh.dtype
+def _layer_step(opts, wts, k, hk, ck, XP, HH, HRZ, RH, HN, Gs):
+    """One step of layer k for every stream: XP (N, G*H) holds the input projection;
+    the state hk (N, H) (and ck, LSTM) is updated in place."""
+    H = hk.shape[1]
+    N = hk.shape[0]
+    b_hh = wts.b_hh[k]
+    if opts.cell == Cell.GRU and opts.gru_before:
+        product(opts.product, wts.w_hh[k][:2 * H], wts.pw_hh[k], hk, HRZ)
+        for n in range(N):
+            gru_rz_row(HRZ[n], XP[n], b_hh, Gs[n])
+            gru_reset_row(Gs[n], hk[n], RH[n])
+        product(opts.product, wts.w_hh[k][2 * H:], wts.pw_hn[k], RH, HN)
+        for n in range(N):
+            gru_n_before_row(HN[n], XP[n], b_hh, Gs[n])
+            gru_h_row(Gs[n], hk[n], hk[n])
+        return
+    product(opts.product, wts.w_hh[k], wts.pw_hh[k], hk, HH)
+    for n in range(N):
+        if opts.cell == Cell.LSTM:
+            lstm_row(HH[n], XP[n], b_hh, wts.peep[k], opts.use_peep, ck[n], ck[n], Gs[n],
+                     Gs[n][:H], hk[n])
+        elif opts.cell == Cell.GRU:
+            gru_rz_row(HH[n], XP[n], b_hh, Gs[n])
+            gru_n_after_row(HH[n], XP[n], b_hh, Gs[n], RH[n])
+            gru_h_row(Gs[n], hk[n], hk[n])
+        else:
+            rnn_row(opts.relu, HH[n], XP[n], b_hh, hk[n])
+
+
+@jit
+def _generate_kernel(opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
+    """``n_steps`` steps of every stream of ``st`` (module docstring): ids (N, S) and
+    their log-probabilities (N, S) float64 into ``out_ids``, ``out_lp``."""
+    L, GH, H = wts.w_hh.shape
+    N = st.cur.shape[0]
+    V = wts.head_w.shape[0]
+    dt = wts.w_hh.dtype
     X = np.empty((N, H), dt)            # (N, H) input of the current layer, then its output
     XP = np.empty((N, GH), dt)          # (N, G*H) input projection
     HH = np.empty((N, GH), dt)          # (N, G*H) recurrent product / pre-activations
     HRZ = np.empty((N, 2 * H), dt)      # (N, 2H) GRU "before": h_{t-1} W_hrz^T
-    RH = np.empty((N, H), dt)           # (N, H) GRU "before": r * h_{t-1}
+    RH = np.empty((N, H), dt)           # (N, H) GRU "before": r * h_{t-1}; scratch
     HN = np.empty((N, H), dt)           # (N, H) GRU "before": (r * h) W_hn^T
     Gs = np.empty((N, GH), dt)          # (N, G*H) gate activations
     LOG = np.empty((N, V), dt)          # (N, V) logits
@@ -328,95 +273,73 @@ def _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
         for k in range(L):
             if k == 0:
                 for n in range(N):
-                    row = table0[cur[n]]
+                    row = wts.table0[st.cur[n]]
                     xpn = XP[n]
                     for j in range(GH):
                         xpn[j] = row[j]
             else:
-                _matmul(w_ih[k], pw_ih[k], X, XP, blas)
+                product(opts.product, wts.w_ih[k], wts.pw_ih[k], X, XP)
                 for n in range(N):
                     xpn = XP[n]
-                    bk = b_ih[k]
+                    bk = wts.b_ih[k]
                     for j in range(GH):
                         xpn[j] += bk[j]
-            hk = h[k]
-            if cell == GRU and gru_before:
-                _matmul(w_hh[k][:2 * H], pw_hh[k], hk, HRZ, blas)
-                for n in range(N):
-                    _gru_rz(HRZ[n], XP[n], b_hh[k], Gs[n])
-                    for j in range(H):
-                        RH[n, j] = Gs[n, j] * hk[n, j]
-                _matmul(w_hh[k][2 * H:], pw_hn[k], RH, HN, blas)
-                for n in range(N):
-                    _gru_before_n(HN[n], XP[n], b_hh[k], hk[n], Gs[n])
-            else:
-                _matmul(w_hh[k], pw_hh[k], hk, HH, blas)
-                for n in range(N):
-                    if cell == LSTM:
-                        _lstm_gates(HH[n], XP[n], b_hh[k], peep[k], use_peep, hk[n],
-                                    c[k, n], Gs[n])
-                    elif cell == GRU:
-                        _gru_rz(HH[n], XP[n], b_hh[k], Gs[n])
-                        _gru_after_n(HH[n], XP[n], b_hh[k], hk[n], Gs[n])
-                    else:
-                        _rnn_gates(HH[n], XP[n], b_hh[k], relu, hk[n])
+            hk = st.h[k]
+            _layer_step(opts, wts, k, hk, st.c[min(k, st.c.shape[0] - 1)], XP, HH, HRZ, RH,
+                        HN, Gs)
             for n in range(N):
                 xn = X[n]
                 hn = hk[n]
-                if residual and k > 0:
+                if opts.residual and k > 0:
                     for j in range(H):
                         xn[j] += hn[j]
                 else:
                     for j in range(H):
                         xn[j] = hn[j]
-        forced_step = t < n_forced
-        if forced_step and not score_forced:
+        forced_step = t < forced.n
+        if forced_step and not forced.score:
             for n in range(N):
-                cur[n] = forced[n, t]
+                st.cur[n] = forced.ids[n, t]
             continue
-        _matmul(head_w, pw_head, X, LOG, blas)
+        product(opts.product, wts.head_w, wts.pw_head, X, LOG)
         for n in range(N):
             zn = LOG[n]
             for v in range(V):
-                zn[v] += head_b[v]
+                zn[v] += wts.head_b[v]
             if forced_step:
-                nxt = forced[n, t]
-                m = np.float64(zn[0])
-                for v in range(1, V):
-                    if np.float64(zn[v]) > m:
-                        m = np.float64(zn[v])
-                tot = 0.0
-                for v in range(V):
-                    tot += np.exp(np.float64(zn[v]) - m)
-                lp = np.float64(zn[nxt]) - m - np.log(tot)
+                nxt = forced.ids[n, t]
+                m = np.float64(zn[argmax_row(zn)])
+                lp = log_softmax_at(zn, nxt, m, log_sum_exp_shifted(zn, m))
             else:
-                nxt, lp = _draw(zn, temperature, top_k, top_p, greedy, rng[n], w, order)
+                nxt, lp = _draw(zn, draw, st.rng[n], w, order)
             out_ids[n, t] = nxt
             out_lp[n, t] = lp
-            cur[n] = nxt
+            st.cur[n] = nxt
+
+
+@jit
+def _generate_group(g, nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
+    """Group g of ``nth`` of :func:`_generate_streams`: its streams' state copied to
+    contiguous buffers, :func:`_generate_kernel`, and the state copied back.  (A
+    function of its own: built inside the ``prange`` body, the group's tuples of views
+    were not what each iteration sliced.)"""
+    N = st.cur.shape[0]
+    n0 = N * g // nth
+    n1 = N * (g + 1) // nth
+    hg = np.ascontiguousarray(st.h[:, n0:n1])                         # (L, n, H)
+    cg = np.ascontiguousarray(st.c[:, n0:n1])                         # (L or 1, n, H)
+    sub = Streams(hg, cg, st.cur[n0:n1], st.rng[n0:n1])
+    fg = Forced(forced.ids[n0:n1], forced.n, forced.score)
+    _generate_kernel(opts, wts, draw, sub, fg, n_steps, out_ids[n0:n1], out_lp[n0:n1])
+    st.h[:, n0:n1] = hg
+    st.c[:, n0:n1] = cg
 
 
 @pjit
-def _generate_streams(nth, cell, gru_before, relu, use_peep, residual, blas,
-                      table0, w_ih, b_ih, w_hh, b_hh, peep, head_w, head_b,
-                      pw_ih, pw_hh, pw_hn, pw_head,
-                      h, c, cur, forced, n_forced, score_forced, n_steps,
-                      temperature, top_k, top_p, greedy, rng, out_ids, out_lp):
+def _generate_streams(nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
     """:func:`_generate_kernel` with the streams split into ``nth`` groups that numba's
     threads run at the same time, each through all the steps: streams never read one
     another, and each carries its own generator, so the split changes nothing but the
     speed (each group's state is copied to a contiguous buffer and back)."""
-    N = cur.shape[0]
     for g in prange(nth):
-        n0 = N * g // nth
-        n1 = N * (g + 1) // nth
-        hg = np.ascontiguousarray(h[:, n0:n1])                        # (L, n, H)
-        cg = np.ascontiguousarray(c[:, n0:n1])                        # (L or 1, n, H)
-        _generate_kernel(cell, gru_before, relu, use_peep, residual, blas,
-                         table0, w_ih, b_ih, w_hh, b_hh, peep, head_w, head_b,
-                         pw_ih, pw_hh, pw_hn, pw_head,
-                         hg, cg, cur[n0:n1], forced[n0:n1], n_forced, score_forced, n_steps,
-                         temperature, top_k, top_p, greedy, rng[n0:n1], out_ids[n0:n1],
-                         out_lp[n0:n1])
-        h[:, n0:n1] = hg
-        c[:, n0:n1] = cg
+        _generate_group(g, nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp)

@@ -20,10 +20,12 @@ The GRU with reset "before" packs the r, z columns (``wp_f``) and the n columns
 (``wp_n``) of W_hh^T apart, and uses row ranges of ``wp_b`` (a slice along K of a packed
 matrix is the packed slice).
 
-Input of a forward loop (``inp``): 1, dense x (T, B, I): each step computes its rows of
-x_t W_ih^T + b_ih into xp[t] first; 2, one-hot: each step gathers rows of the transposed
-copy of W_ih (``w_t``, with ``b_ih``) by token id (``idx`` (T, B)).  A backward loop
-with ``dense`` computes dx_t = d(pre)_t W_ih for its rows after each step's gradients.
+Input of a forward loop (``src``, a :class:`StepInput`): ``Inputs.DENSE``, dense x
+(T, B, I): each step computes its rows of x_t W_ih^T + b_ih into xp[t] first;
+``Inputs.ONEHOT``: each step gathers rows of the transposed copy of W_ih (``w_t``, with
+``b_ih``) by token id (``idx`` (T, B)); ``Inputs.PROJECTED``: xp is ready.  A backward
+loop whose ``dxo`` (an :class:`InputGrad`) is ``dense`` computes dx_t = d(pre)_t W_ih
+for its rows after each step's gradients.
 
 Dimension letters: B batch, H hidden, G gates; arrays are time-major (T, B, .).
 Backward kernels take ``dh_in`` (B, H), the gradient reaching h_{t1-1} through the
@@ -35,181 +37,215 @@ t + toff of the sequence has no step before it when t + toff == 0.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 from numba import prange
 
+from .cells import (_gather_rows, _gru_backward_step, _gru_forward_step, _lstm_backward_step,
+                    _lstm_forward_step, _rnn_backward_step, _rnn_forward_step)
 from .jit import jit, pjit
-from .cells import _gather_rows, _gru_backward_step, _gru_forward_step, _lstm_backward_step, _lstm_forward_step, _rnn_backward_step, _rnn_forward_step
+from .modes import GruStep, Inputs
 from .packed import _mm_bias
 from .packed import _mm_serial as _mm
+
+
+class StepInput(NamedTuple):
+    """Where a forward time loop's input projection comes from.  The arrays a mode does
+    not read are stand-ins of the same types."""
+
+    mode: Inputs          # PROJECTED, DENSE or ONEHOT
+    x: np.ndarray         # (T, B, I) dense input
+    wp_ih: np.ndarray     # W_ih^T packed (DENSE)
+    b_ih: np.ndarray      # (G*H,)
+    idx: np.ndarray       # (T, B) token ids (ONEHOT)
+    w_t: np.ndarray       # (V, G*H) W_ih^T (ONEHOT)
+
+
+class InputGrad(NamedTuple):
+    """Whether a backward time loop makes dx_t = d(pre)_t W_ih for its rows, and where."""
+
+    dense: bool
+    dx: np.ndarray        # (T, B, I)
+    wp_ihb: np.ndarray    # W_ih packed
+
+
+@jit
+def _project(src, t, r, xp):
+    """xp[t] rows r of the input projection (module docstring, StepInput)."""
+    if src.mode == Inputs.DENSE:
+        _mm_bias(src.x[t][r], src.wp_ih, src.b_ih, xp[t][r])
+    elif src.mode == Inputs.ONEHOT:
+        _gather_rows(src.w_t, src.idx[t][r], src.b_ih, xp[t][r])
+
+@jit
+def _step_grads_out(t, toff, r, dxp, dhh, dxo, wp_b, dh_mm):
+    """After the gate gradients of step t: dx_t = dxp_t W_ih for rows r (a dense input,
+    ``dxo``) and, unless step t is the sequence's first, dh_mm = dhh_t W_hh (wp_b) for
+    the step before.  Returns whether dh_mm was written.  (dxp and dhh, the gradients
+    w.r.t. the input projection and the recurrent product, are one array but in the
+    GRU.)"""
+    if dxo.dense:
+        _mm(dxp[t][r], dxo.wp_ihb, dxo.dx[t][r])                      # (b, I)
+    if t + toff > 0:
+        _mm(dhh[t][r], wp_b, dh_mm[r])                                 # (b, H)
+        return True
+    return False
+
 
 # ---------------------------------------------------------------- LSTM
 
 
 @jit
-def _lstm_forward_rows(r0, r1, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, peep,
+def _lstm_forward_rows(r0, r1, t0, t1, src, xp, wp_f, b_hh, peep,
                        use_peep, hs, cs, hh, tc):
     r = slice(r0, r1)
     for t in range(t0, t1):
-        if inp == 1:
-            _mm_bias(x[t][r], wp_ih, b_ih, xp[t][r])                   # (b, 4H)
-        elif inp == 2:
-            _gather_rows(w_t, idx[t][r], b_ih, xp[t][r])               # (b, 4H)
+        _project(src, t, r, xp)                                         # (b, 4H)
         _mm(hs[t][r], wp_f, hh[r])                                     # (b, 4H)
         _lstm_forward_step(xp[t][r], hh[r], b_hh, peep, use_peep, cs[t][r], hs[t + 1][r],
                            cs[t + 1][r], xp[t][r], tc[r])
 
 
 @pjit
-def _lstm_forward_steps(nth, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, peep,
+def _lstm_forward_steps(nth, t0, t1, src, xp, wp_f, b_hh, peep,
                         use_peep, hs, cs, hh, tc):
     B = hs.shape[1]
     for i in prange(nth):
-        _lstm_forward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, inp, x, wp_ih, b_ih,
-                           idx, w_t, xp, wp_f, b_hh, peep, use_peep, hs, cs, hh, tc)
+        _lstm_forward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, src, xp, wp_f, b_hh, peep,
+                           use_peep, hs, cs, hh, tc)
 
 
 @jit
-def _lstm_backward_rows(r0, r1, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre,
+def _lstm_backward_rows(r0, r1, t0, t1, toff, dxo, dy, dh_in, dh_mm, dc, dpre,
                         cs, tc, wp_b, peep, use_peep, dpeep):
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         _lstm_backward_step(dy[t][r], dh, dc[r], dpre[t][r], cs[t][r], cs[t + 1][r], tc[r],
                             peep, use_peep, dpeep[r])
-        if dense:
-            _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
-        if t + toff > 0:
-            _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
+        if _step_grads_out(t, toff, r, dpre, dpre, dxo, wp_b, dh_mm):
             dh = dh_mm[r]
 
 
 @pjit
-def _lstm_backward_steps(nth, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, dc, dpre, cs,
+def _lstm_backward_steps(nth, t0, t1, toff, dxo, dy, dh_in, dh_mm, dc, dpre, cs,
                          tc, wp_b, peep, use_peep, dpeep):
     B = dc.shape[0]
     for i in prange(nth):
-        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, toff, dense, dx, wp_ihb,
+        _lstm_backward_rows(B * i // nth, B * (i + 1) // nth, t0, t1, toff, dxo,
                             dy, dh_in, dh_mm, dc, dpre, cs, tc, wp_b, peep, use_peep, dpeep)
 
 
 # ---------------------------------------------------------------- GRU
 
 @jit
-def _gru_forward_rows(r0, r1, before, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, wp_n,
-                      b_hh, hs, gates, aux, hh, hn):
+def _gru_forward_rows(r0, r1, before, t0, t1, src, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh,
+                      hn):
     """after: hh (B, 3H), hn and wp_n unused; before: hh (B, 2H) for r, z and hn (B, H)
     for n."""
     r = slice(r0, r1)
     for t in range(t0, t1):
-        if inp == 1:
-            _mm_bias(x[t][r], wp_ih, b_ih, xp[t][r])                   # (b, 3H)
-        elif inp == 2:
-            _gather_rows(w_t, idx[t][r], b_ih, xp[t][r])               # (b, 3H)
+        _project(src, t, r, xp)                                         # (b, 3H)
         if not before:
             _mm(hs[t][r], wp_f, hh[r])                                 # (b, 3H)
-            _gru_forward_step(0, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
-                              aux[t][r])
+            _gru_forward_step(GruStep.AFTER, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r],
+                              gates[t][r], aux[t][r])
         else:
             _mm(hs[t][r], wp_f, hh[r])                                 # (b, 2H)
-            _gru_forward_step(1, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
-                              aux[t][r])
+            _gru_forward_step(GruStep.BEFORE_RZ, xp[t][r], hh[r], b_hh, hs[t][r], hs[t + 1][r],
+                              gates[t][r], aux[t][r])
             _mm(aux[t][r], wp_n, hn[r])                                # (b, H)
-            _gru_forward_step(2, xp[t][r], hn[r], b_hh, hs[t][r], hs[t + 1][r], gates[t][r],
-                              aux[t][r])
+            _gru_forward_step(GruStep.BEFORE_N, xp[t][r], hn[r], b_hh, hs[t][r], hs[t + 1][r],
+                              gates[t][r], aux[t][r])
 
 
 @pjit
-def _gru_forward_steps(nth, before, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, wp_n,
+def _gru_forward_steps(nth, before, t0, t1, src, xp, wp_f, wp_n,
                        b_hh, hs, gates, aux, hh, hn):
     B = hs.shape[1]
     for i in prange(nth):
-        _gru_forward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, inp, x, wp_ih,
-                          b_ih, idx, w_t, xp, wp_f, wp_n, b_hh, hs, gates, aux, hh, hn)
+        _gru_forward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, src, xp, wp_f, wp_n,
+                          b_hh, hs, gates, aux, hh, hn)
 
 
 @jit
-def _gru_backward_rows(r0, r1, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm,
+def _gru_backward_rows(r0, r1, before, t0, t1, toff, dxo, dy, dh_in, dh_mm,
                        dh_dir, gates, aux, hs, dxp, dhh, wp_b, drh):
     H = hs.shape[2]
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         if not before:
-            _gru_backward_step(0, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r], hs[t][r],
+            _gru_backward_step(GruStep.AFTER, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r],
+                               hs[t][r],
                                dxp[t][r], dhh[t][r])
-            if dense:
-                _mm(dxp[t][r], wp_ihb, dx[t][r])                       # (b, I)
-            if t + toff > 0:
-                _mm(dhh[t][r], wp_b, dh_mm[r])                         # (b, H)
+            if _step_grads_out(t, toff, r, dxp, dhh, dxo, wp_b, dh_mm):
                 dh = dh_mm[r]
         else:
-            _gru_backward_step(1, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r], hs[t][r],
+            _gru_backward_step(GruStep.BEFORE_RZ, dy[t][r], dh, dh_dir[r], gates[t][r], aux[t][r],
+                               hs[t][r],
                                dxp[t][r], dhh[t][r])
             _mm(dhh[t][r, 2 * H:], wp_b[:, 2 * H:], drh[r])            # (b, H)
-            _gru_backward_step(2, dy[t][r], drh[r], dh_dir[r], gates[t][r], aux[t][r],
+            _gru_backward_step(GruStep.BEFORE_N, dy[t][r], drh[r], dh_dir[r], gates[t][r],
+                               aux[t][r],
                                hs[t][r], dxp[t][r], dhh[t][r])
-            if dense:
-                _mm(dxp[t][r], wp_ihb, dx[t][r])                       # (b, I)
+            if dxo.dense:
+                _mm(dxp[t][r], dxo.wp_ihb, dxo.dx[t][r])                       # (b, I)
             if t + toff > 0:
                 _mm(dhh[t][r, :2 * H], wp_b[:, :2 * H], dh_mm[r])      # (b, H)
                 dh = dh_mm[r]
 
 
 @pjit
-def _gru_backward_steps(nth, before, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm,
+def _gru_backward_steps(nth, before, t0, t1, toff, dxo, dy, dh_in, dh_mm,
                         dh_dir, gates, aux, hs, dxp, dhh, wp_b, drh):
     B = hs.shape[1]
     for i in prange(nth):
-        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, toff, dense, dx,
-                           wp_ihb, dy, dh_in, dh_mm, dh_dir, gates, aux, hs, dxp, dhh, wp_b,
+        _gru_backward_rows(B * i // nth, B * (i + 1) // nth, before, t0, t1, toff, dxo, dy, dh_in,
+                           dh_mm, dh_dir, gates, aux, hs, dxp, dhh, wp_b,
                            drh)
 
 
 # ---------------------------------------------------------------- Elman RNN
 
 @jit
-def _rnn_forward_rows(r0, r1, relu, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, hs,
+def _rnn_forward_rows(r0, r1, relu, t0, t1, src, xp, wp_f, b_hh, hs,
                       hh):
     r = slice(r0, r1)
     for t in range(t0, t1):
-        if inp == 1:
-            _mm_bias(x[t][r], wp_ih, b_ih, xp[t][r])                   # (b, H)
-        elif inp == 2:
-            _gather_rows(w_t, idx[t][r], b_ih, xp[t][r])               # (b, H)
+        _project(src, t, r, xp)                                         # (b, H)
         _mm(hs[t][r], wp_f, hh[r])                                     # (b, H)
         _rnn_forward_step(relu, xp[t][r], hh[r], b_hh, hs[t + 1][r])
 
 
 @pjit
-def _rnn_forward_steps(nth, relu, t0, t1, inp, x, wp_ih, b_ih, idx, w_t, xp, wp_f, b_hh, hs,
+def _rnn_forward_steps(nth, relu, t0, t1, src, xp, wp_f, b_hh, hs,
                        hh):
     B = hs.shape[1]
     for i in prange(nth):
-        _rnn_forward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, inp, x, wp_ih,
-                          b_ih, idx, w_t, xp, wp_f, b_hh, hs, hh)
+        _rnn_forward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, src, xp, wp_f, b_hh, hs,
+                          hh)
 
 
 @jit
-def _rnn_backward_rows(r0, r1, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs,
+def _rnn_backward_rows(r0, r1, relu, t0, t1, toff, dxo, dy, dh_in, dh_mm, hs,
                        dpre, wp_b):
     r = slice(r0, r1)
     dh = dh_in[r]
     for t in range(t1 - 1, t0 - 1, -1):
         _rnn_backward_step(relu, dy[t][r], dh, hs[t + 1][r], dpre[t][r])
-        if dense:
-            _mm(dpre[t][r], wp_ihb, dx[t][r])                          # (b, I)
-        if t + toff > 0:
-            _mm(dpre[t][r], wp_b, dh_mm[r])                            # (b, H)
+        if _step_grads_out(t, toff, r, dpre, dpre, dxo, wp_b, dh_mm):
             dh = dh_mm[r]
 
 
 @pjit
-def _rnn_backward_steps(nth, relu, t0, t1, toff, dense, dx, wp_ihb, dy, dh_in, dh_mm, hs,
+def _rnn_backward_steps(nth, relu, t0, t1, toff, dxo, dy, dh_in, dh_mm, hs,
                         dpre, wp_b):
     B = hs.shape[1]
     for i in prange(nth):
-        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, toff, dense, dx,
-                           wp_ihb, dy, dh_in, dh_mm, hs, dpre, wp_b)
+        _rnn_backward_rows(B * i // nth, B * (i + 1) // nth, relu, t0, t1, toff, dxo, dy, dh_in,
+                           dh_mm, hs, dpre, wp_b)
 
 
 # ---------------------------------------------------------------- recomputed gates

@@ -20,6 +20,7 @@ import numpy as np
 from ...kernels import runtime
 from ...kernels import steps as S
 from ...kernels.matmul import matmul
+from ...kernels.modes import GruStep
 from ...kernels.packed import packed, packed_shape
 from . import Layer, LayerParams, Workspace
 
@@ -82,7 +83,7 @@ class GRULayer(Layer):
         else:
             hh, hn, wp_n = ws.hh, ws.hh, ws.pack_fwd["w_hh_t"]
         self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
-                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n,
+                  self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n,
                   p.b_hh, ws.hs, ws.gates, ws.aux, hh, hn)
 
     def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
@@ -94,11 +95,13 @@ class GRULayer(Layer):
         aux = v.aux[s0:s1].reshape(R, H)                            # (R, H)
         hh = v.rhh[:R]                                              # (R, 3H) or (R, 2H)
         matmul(hprev, v.pack_fwd["w_hh_t"], hh, threads=th)
-        S._gru_gates_rows(nth, int(self.before), xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
+        mode = GruStep.BEFORE_RZ if self.before else GruStep.AFTER
+        S._gru_gates_rows(nth, mode, xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
         if not self.before:
             return
         matmul(aux, v.pack_fwd["w_hn_t"], v.rhn[:R], threads=th)
-        S._gru_gates_rows(nth, 2, xp, v.rhn[:R], p.b_hh, hprev, v.rh[:R], gates, aux)
+        S._gru_gates_rows(nth, GruStep.BEFORE_N, xp, v.rhn[:R], p.b_hh, hprev, v.rh[:R], gates,
+                          aux)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
@@ -108,7 +111,7 @@ class GRULayer(Layer):
         dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
         drh = ws.drh if self.before else ws.dh_mm
         self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1,
-                  ws.toff, *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates,
+                  ws.toff, self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates,
                   ws.aux, ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm

@@ -62,7 +62,7 @@ class LSTMLayer(Layer):
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         peep, use_peep = self._peep(ws, p)
         self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1,
-                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
+                  self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
                   p.b_hh, peep, use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
 
     def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
@@ -85,7 +85,7 @@ class LSTMLayer(Layer):
         dpre = ws.xp                                # (T, B, 4H) gates in, their gradients out
         peep, use_peep = self._peep(ws, p)
         self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1, ws.toff,
-                  *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc,
+                  self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc,
                   ws.pack_bwd["w_hh"], peep, use_peep, ws.dpeep)
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm

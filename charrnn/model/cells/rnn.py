@@ -26,7 +26,7 @@ class RNNLayer(Layer):
     # buffer, 2.6 MB, reused for the pre-activation gradients).
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
         self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, self.relu, t0, t1,
-                  *self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
+                  self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
                   p.b_hh, ws.hs, ws.hh)
 
     def recompute(self, v: Workspace, p: LayerParams, x, idx) -> None:
@@ -36,6 +36,6 @@ class RNNLayer(Layer):
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
         dpre = ws.xp                                # (T, B, H) reuses the projection buffer
         self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, ws.toff,
-                  *self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.pack_bwd["w_hh"])
+                  self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.pack_bwd["w_hh"])
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
