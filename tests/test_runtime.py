@@ -45,3 +45,15 @@ def test_runtime_imports_no_kernel_module():
                 "blas", "jit", "matmul", "packed", "cpu", "cells", "steps", "sample"), node.module
             for alias in node.names:
                 assert alias.name not in ("blas", "jit", "matmul", "packed", "cpu"), alias.name
+
+
+def test_a_forced_cpu_path_gets_its_own_numba_cache(monkeypatch):
+    """Kernels compiled for another CHARRNN_CPU_PATH / CHARRNN_VECTOR_BITS inline another
+    product, so each choice caches apart (numba's cache index would not tell them)."""
+    monkeypatch.delenv("CHARRNN_CPU_PATH", raising=False)
+    monkeypatch.delenv("CHARRNN_VECTOR_BITS", raising=False)
+    assert runtime._cpu_choice() == ""
+    monkeypatch.setenv("CHARRNN_CPU_PATH", "numpy")
+    assert runtime._cpu_choice() == "cpu-numpy-auto"
+    monkeypatch.setenv("CHARRNN_VECTOR_BITS", "512")
+    assert runtime._cpu_choice() == "cpu-numpy-512"
