@@ -355,6 +355,31 @@ def test_eval_data_split(tmp_path, invoke):
     assert code == 0 and json.loads(out2)["loss"] == pytest.approx(-lp.mean(), abs=1e-6)
 
 
+def test_score_tokens_one_process_and_shares_of_ranks():
+    """comm=None is the LocalComm (this process alone); N ranks' shares of the streams (the
+    trailing stream on rank 0) add up to the one process's score."""
+    from charrnn.training.local import LocalComm
+
+    m = _model()
+    tok = m.vocab.encode(TEXT * 5, what="text").astype(np.int64)        # (n,)
+    one = E.score_tokens(m, tok, 4, 16)
+    local = E.score_tokens(m, tok, 4, 16, comm=LocalComm())
+    assert (one.nll, one.chars) == (local.nll, local.chars) and one.chars == len(tok) - 1
+
+    class Rank:                     # one rank of two, its total not yet summed
+        size = 2
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def allreduce_sum(self, value):
+            return value
+
+    shares = [E.score_tokens(m, tok, 4, 16, comm=Rank(r)) for r in (0, 1)]
+    assert sum(s.chars for s in shares) == one.chars and shares[0].chars > shares[1].chars
+    assert sum(s.nll for s in shares) == pytest.approx(one.nll, rel=1e-12)
+
+
 def test_eval_errors(ckpt, tmp_path, invoke):
     code, out, err = invoke(["eval", ckpt, "--split", "val"])
     assert code == 1 and out == ""

@@ -22,14 +22,17 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
 
     The n - 1 predictions are laid out by :func:`charrnn.store.data.iter_eval_batches`: B
     streams walked T steps at a time with the state carried, then the few trailing
-    pairs as one more stream.  ``lut`` maps the data's ids to the model's.  With
-    ``comm`` (MPI; a collective) each rank scores its share of the B streams (rank 0
-    the trailing stream too) and the totals are summed, so every rank gets the same
-    Score.  ``should_stop`` is asked between windows (ScoringStopped when it says
-    yes).  ``max_steps`` scores only the first positions of the B streams (the same
-    characters every time) and no trailing stream: a part of the split."""
+    pairs as one more stream.  ``lut`` maps the data's ids to the model's.  ``comm``
+    (a collective; None means this process alone,
+    :data:`charrnn.training.local.LOCAL`): each rank scores its share of the
+    B streams (rank 0 the trailing stream too) and the totals are summed, so every rank
+    gets the same Score.  ``should_stop`` is asked between windows (ScoringStopped when
+    it says yes).  ``max_steps`` scores only the first positions of the B streams (the
+    same characters every time) and no trailing stream: a part of the split."""
     from ..store.data import iter_eval_batches
+    from ..training.local import LOCAL
 
+    comm = LOCAL if comm is None else comm
     S = (len(tokens) - 1) // int(batch_size)                # positions of each B stream
     n_main = -(-S // int(seq_len)) if S > 0 else 0          # windows of the B streams
     score = Score()
@@ -45,11 +48,10 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
             break
         if should_stop is not None and should_stop():
             raise ScoringStopped
-        if comm is not None:
-            B = x.shape[0]
-            lo, hi = ((0, 1) if comm.rank == 0 else (0, 0)) if tail else \
-                (B * comm.rank // comm.size, B * (comm.rank + 1) // comm.size)
-            x, y = x[lo:hi], y[lo:hi]
+        B = x.shape[0]
+        lo, hi = ((0, 1) if comm.rank == 0 else (0, 0)) if tail else \
+            (B * comm.rank // comm.size, B * (comm.rank + 1) // comm.size)
+        x, y = x[lo:hi], y[lo:hi]
         if x.shape[0] == 0:
             continue
         if max_steps is not None and not tail and t0 + x.shape[1] > max_steps:
@@ -59,9 +61,8 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
         lp, state = model.log_probs(x, y, state)                         # (b, w)
         score.nll -= float(lp.sum())
         score.chars += lp.size
-    if comm is not None:
-        score.nll = comm.allreduce_sum(score.nll)
-        score.chars = int(round(comm.allreduce_sum(float(score.chars))))
+    score.nll = comm.allreduce_sum(score.nll)
+    score.chars = int(round(comm.allreduce_sum(float(score.chars))))
     return score
 
 
