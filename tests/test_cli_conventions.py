@@ -33,14 +33,15 @@ EMPTY_STDIN = ("Error: nothing to score: standard input is empty; give text on s
 def run(tmp_path_factory):
     """A run directory as training leaves it: a small model (random weights: the
     conventions do not depend on training) and the prepared data it names."""
-    from charrnn.store import data
+    from charrnn.store.dataset import Dataset
+    from charrnn.store.prepare import prepare
 
     root = tmp_path_factory.mktemp("conventions")
     src = root / "corpus.txt"
     src.write_text(make_text(6000, seed=4), encoding="utf-8")
     d = root / "run" / "data"
-    data.prepare([str(src)], d, DataConfig(val_frac=0.2), show_progress=False)
-    ds = data.Dataset(d)
+    prepare([str(src)], d, DataConfig(val_frac=0.2), show_progress=False)
+    ds = Dataset(d)
     m = Model.from_config(ModelConfig(vocab_size=len(ds.vocab), hidden_size=16,
                                       num_layers=1), 5)
     m.vocab = ds.vocab
@@ -51,9 +52,9 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def val_chars(run):
-    from charrnn.store import data
+    from charrnn.store.dataset import Dataset
 
-    return len(data.Dataset(run / "data").split("val"))
+    return len(Dataset(run / "data").split("val"))
 
 
 def _err(r) -> str:

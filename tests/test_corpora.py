@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from charrnn.store import corpora
-from charrnn.store.data import Dataset, fingerprint_sources, prepare
+from charrnn.store.dataset import Dataset
+from charrnn.store.prepare import prepare
+from charrnn.store.sources import fingerprint_sources
 from charrnn.errors import CorpusError
 
 from conftest import make_text

@@ -1,4 +1,4 @@
-"""charrnn.store.data: prepare's token files and vocabulary, splits, encodings, folders, atomic
+"""charrnn.store (prepare, dataset, batches): prepare's token files and vocabulary, splits, encodings, folders, atomic
 output, Dataset's checks, and the TBPTT batch layout (StreamBatches, iter_eval_batches)."""
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from charrnn.store import outdir
 from charrnn.store import prepare as prepare_mod
 from charrnn.store import text as text_mod
 from charrnn.config import DataConfig
-from charrnn.store.data import (Dataset, StreamBatches, fingerprint_sources, iter_eval_batches,
-                          prepare, resolve_inputs)
+from charrnn.store.batches import StreamBatches, iter_eval_batches
+from charrnn.store.dataset import Dataset
+from charrnn.store.prepare import prepare
+from charrnn.store.sources import fingerprint_sources, resolve_inputs
 from charrnn.errors import DataError, InputError, VocabError
 from charrnn.store.vocab import Vocab
 

@@ -323,13 +323,15 @@ def test_lines_stream_in_a_real_pipe(ckpt):
 # ---------------------------------------------------------------------- --data, defaults, errors
 
 def test_eval_data_split(tmp_path, invoke):
-    from charrnn.store import data
+    from charrnn.store.batches import iter_eval_batches
+    from charrnn.store.dataset import Dataset
+    from charrnn.store.prepare import prepare
     src = tmp_path / "c.txt"
     src.write_text(TEXT * 40, encoding="utf-8")
     from charrnn.config import DataConfig
 
-    data.prepare([str(src)], tmp_path / "d", DataConfig(val_frac=0.2), show_progress=False)
-    ds = data.Dataset(tmp_path / "d")
+    prepare([str(src)], tmp_path / "d", DataConfig(val_frac=0.2), show_progress=False)
+    ds = Dataset(tmp_path / "d")
     m = _model(vocab=ds.vocab)
     p = tmp_path / "m.safetensors"
     save_model(p, m)
@@ -338,7 +340,7 @@ def test_eval_data_split(tmp_path, invoke):
     rec = json.loads(out)
     tok = np.asarray(ds.split("val"), np.int64)
     nll, rows, state = 0.0, None, None             # training's layout: B=50 streams, T=256
-    for x, y in data.iter_eval_batches(tok, 50, 256):
+    for x, y in iter_eval_batches(tok, 50, 256):
         if x.shape[0] != rows:
             rows, state = x.shape[0], None
         lp, state = m.log_probs(x, y, state)

@@ -5,7 +5,7 @@ their recorded sha256 recomputed so that only the structural checks can catch th
 given to ``charrnn train DIR`` and ``charrnn eval CKPT --data DIR`` in a subprocess under
 an address-space limit and a timeout: each must exit 1 with exactly one ``Error:`` line,
 no traceback and no "internal error".  Then the streams: ``prepare /dev/zero``, an
-endless ``prepare -`` (stopped by the free-space check, reached with charrnn.store.data's
+endless ``prepare -`` (stopped by the free-space check, reached with charrnn.store.spool's
 ``CHARRNN_TEST_DISK_FREE`` instead of a full disk), SIGTERM during a slow stream; two
 prepares into one directory; and a corpus cache changed after its download.
 """
@@ -29,7 +29,9 @@ import pytest
 
 from charrnn.config import DataConfig
 from charrnn.store import corpora, corpus_cache, outdir
-from charrnn.store.data import Dataset, prepare, stop_on_sigterm
+from charrnn.store.dataset import Dataset
+from charrnn.store.outdir import stop_on_sigterm
+from charrnn.store.prepare import prepare
 from charrnn.errors import CorpusError, DataError, DiskFullError, Interrupted, InputError, VocabError
 from charrnn.store.vocab import Vocab
 
@@ -364,7 +366,7 @@ def base(tmp_path_factory):
 # started when the kernels are imported, refuse a fork.
 _FORKER = r"""
 import json, os, resource, signal, sys, time
-import charrnn.cli.app, charrnn.training.loop, charrnn.evaluate, charrnn.store.checkpoint, charrnn.store.data
+import charrnn.cli.app, charrnn.training.loop, charrnn.evaluate, charrnn.store.checkpoint, charrnn.store.prepare
 import charrnn.model.network, charrnn.kernels.runtime, charrnn.model.cells.lstm, charrnn.kernels.steps
 limit = int(sys.argv[1])
 for line in sys.stdin:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from charrnn.store.data import Dataset
+from charrnn.store.dataset import Dataset
 
 from conftest import run_main as invoke
 from conftest import make_text, run_cli

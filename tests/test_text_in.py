@@ -16,7 +16,9 @@ from click.testing import CliRunner
 from charrnn.store.checkpoint import LATEST_NAME
 from charrnn.cli.dataopts import DATA_FIELDS, data_config, data_options
 from charrnn.config import DataConfig
-from charrnn.store.data import Dataset, codec_name, decode_stream, prepare
+from charrnn.store.dataset import Dataset
+from charrnn.store.prepare import prepare
+from charrnn.store.text import codec_name, decode_stream
 from charrnn.errors import ConfigError, InputError, VocabError
 from charrnn.training.runs import resolve_training_data
 from charrnn.sampling import encode_prime

@@ -20,7 +20,7 @@ PRIME_LIMIT = 1 << 24
 def _read_prime_file(path: str) -> str:
     """The prime text of --prime-file, decoded by the rule prepare and eval use (UTF-8, a
     leading byte order mark dropped, NUL bytes refused)."""
-    from ..store.data import decode_stream
+    from ..store.text import decode_stream
     from ..errors import InputError
 
     def chunks(f):

@@ -7,7 +7,7 @@ kernel.
 Conventions:
 
 * Text INPUT is read by the rule prepare reads text with
-  (:func:`charrnn.store.data.decode_stream`: ``encoding``/``errors``, a leading byte order
+  (:func:`charrnn.store.text.decode_stream`: ``encoding``/``errors``, a leading byte order
   mark dropped, NUL bytes near the start refused as binary) and normalised as the
   model's vocabulary says (:meth:`charrnn.store.vocab.Vocab.normalize`: lower-cased when the
   data was prepared with --lowercase) before it is encoded; ``--lines`` prints each line
@@ -32,7 +32,7 @@ Conventions:
   that first reads the :data:`WARMUP` characters before it; close to the one pass, not
   equal to it, and several times faster on more than one core.
 * ``--data DIR --split S``: the prepared split's token ids, laid out by
-  :func:`charrnn.store.data.iter_eval_batches` as in training's validation (its n - 1
+  :func:`charrnn.store.batches.iter_eval_batches` as in training's validation (its n - 1
   predictions; the first token is context).
 
 The package: :mod:`.score` (:class:`Score`, the stream and piece scorers),

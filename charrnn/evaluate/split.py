@@ -20,7 +20,7 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
     """Every next-character prediction of a prepared split, scored once: the one
     definition shared by training's validation and ``charrnn eval --split``.
 
-    The n - 1 predictions are laid out by :func:`charrnn.store.data.iter_eval_batches`: B
+    The n - 1 predictions are laid out by :func:`charrnn.store.batches.iter_eval_batches`: B
     streams walked T steps at a time with the state carried, then the few trailing
     pairs as one more stream.  ``lut`` maps the data's ids to the model's.  ``comm``
     (a collective; None means this process alone,
@@ -29,7 +29,7 @@ def score_tokens(model, tokens, batch_size: int, seq_len: int, lut=None, comm=No
     gets the same Score.  ``should_stop`` is asked between windows (ScoringStopped when
     it says yes).  ``max_steps`` scores only the first positions of the B streams (the
     same characters every time) and no trailing stream: a part of the split."""
-    from ..store.data import iter_eval_batches
+    from ..store.batches import iter_eval_batches
     from ..training.local import LOCAL
 
     comm = LOCAL if comm is None else comm
@@ -71,7 +71,7 @@ def evaluate_split(model, data_dir, split: str = "val", batch_size: int = 50,
     """Score a prepared split exactly as training's validation does
     (:func:`score_tokens`: its n - 1 predictions)."""
     try:
-        from ..store.data import Dataset
+        from ..store.dataset import Dataset
     except ImportError:  # pragma: no cover - data.py ships with charrnn
         raise DataError("this charrnn cannot read prepared data directories") from None
     ds = Dataset(data_dir)

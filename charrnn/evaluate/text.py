@@ -65,12 +65,12 @@ def _open_input(name: str):
 def iter_text(names, read_bytes: int = READ_BYTES, eager: bool = False,
               encoding: str = "utf-8", errors: str = "strict"):
     """Decoded text of the inputs, piece by piece, each input read by
-    :func:`charrnn.store.data.decode_stream` (the rule prepare reads text with: a bad byte is
+    :func:`charrnn.store.text.decode_stream` (the rule prepare reads text with: a bad byte is
     an InputError with its offset when ``errors`` is "strict", a leading byte order mark
     is dropped, a NUL byte near the start is refused as binary).  ``eager`` returns
     whatever a pipe has ready (``read1``) instead of waiting for ``read_bytes``, so a
     slow writer's lines are answered as they come."""
-    from ..store.data import codec_name, decode_stream
+    from ..store.text import codec_name, decode_stream
 
     codec_name(encoding)                   # an unknown encoding before anything is read
     for name in names:

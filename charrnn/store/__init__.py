@@ -1,3 +1,4 @@
 """Everything charrnn reads from or writes to disk, each file validated before use:
-vocabularies (``vocab``), prepared data directories (``data``), checkpoints
+vocabularies (``vocab``), text in and prepared data directories (``text``, ``prepare``,
+``dataset``, ``batches`` and their helpers), checkpoints
 (``checkpoint``), the built-in corpora (``corpora``) and safe file writing (``fsutil``)."""

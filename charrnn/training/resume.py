@@ -17,7 +17,7 @@ from .options import describe_option, fmt_value, merge_resumed, vocab_map
 
 
 def open_data(tr, data_dir) -> None:
-    from ..store.data import Dataset
+    from ..store.dataset import Dataset
 
     tr.dataset = Dataset(data_dir)
     tr.data_vocab = tr.dataset.vocab
@@ -26,7 +26,7 @@ def open_data(tr, data_dir) -> None:
 
 
 def _make_loader(tr) -> None:
-    from ..store.data import StreamBatches
+    from ..store.batches import StreamBatches
 
     t = tr.tcfg
     tr.loader = StreamBatches(tr.train_tokens, t.batch_size, t.seq_len)

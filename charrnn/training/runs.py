@@ -117,7 +117,8 @@ def resolve_training_data(data, corpus, run_dir: Path, restart: bool = False,
     of ``data_cfg`` when it is given, none otherwise.  ``comm``: under MPI, rank 0
     prepares and the others wait."""
     from ..store.checkpoint import LATEST_NAME
-    from ..store.data import fingerprint_sources, prepare
+    from ..store.prepare import prepare
+    from ..store.sources import fingerprint_sources
 
     given = data_cfg if data_cfg is not None else DataConfig()
     if data_explicit is None:
