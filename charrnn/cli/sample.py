@@ -90,6 +90,13 @@ def fresh_seed() -> int:
               help="Written between samples (use $'...' in bash for newlines).")
 @click.option("--stop", default=None, metavar="STRING",
               help="End a sample where STRING first appears (not printed), e.g. $'\\n\\n'.")
+@click.option("--beam", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Beam search with N beams (1-64) instead of sampling: prints the most "
+                   "likely text found (deterministic; --beam 1 is greedy).")
+@click.option("--length-penalty", type=FiniteFloat(0), default=0.0, show_default=True,
+              metavar="ALPHA",
+              help="With --beam: rank beams by logprob / ((5 + n) / 6) ** ALPHA for n "
+                   "characters (GNMT; 0 = total log-probability; matters with --stop).")
 @click.option("--stream", is_flag=True,
               help="Flush every character as it is drawn (default: every chunk of 256).")
 @json_option
@@ -98,7 +105,8 @@ def fresh_seed() -> int:
 @threads_option
 @click.pass_context
 def command(ctx, ckpt, latest, length, prime, prime_file, no_echo, temperature, top_k, top_p,
-            greedy, seed, num_samples, separator, stop, stream, as_json, verbose, threads):
+            greedy, seed, num_samples, separator, stop, beam, length_penalty, stream, as_json,
+            verbose, threads):
     """Generate text from the model in CKPT (a checkpoint file or a run directory).
 
     \b
@@ -113,12 +121,22 @@ def command(ctx, ckpt, latest, length, prime, prime_file, no_echo, temperature, 
     {"sample", "prime", "text", "chars", "mean_logprob", "stopped", "seed"}, where
     mean_logprob is the model's mean log-probability (nats) of the generated text.
     On a terminal a final newline is added if the text does not end with one.
+    --beam N runs a beam search instead (deterministic; no sampling options):
+    it prints the best beam's text, or with --json one object per beam, best
+    first: {"beam", "prime", "text", "chars", "logprob", "bpc", "score",
+    "stopped"}.  A beam that makes the --stop string is finished; the search
+    ends when no live beam can beat the best finished one, or at -n.
     """
     if prime is not None and prime_file is not None:
         raise click.UsageError("give --prime or --prime-file, not both")
     if greedy and given(ctx, "temperature"):
         raise click.UsageError("give --greedy or --temperature, not both (--temperature 0 "
                                "is greedy)")
+    if beam is not None:
+        return _beam(ctx, ckpt, latest, length, prime, prime_file, no_echo, stop, beam,
+                     length_penalty, as_json, threads)
+    if given(ctx, "length_penalty"):
+        raise click.UsageError("--length-penalty applies to --beam only")
     if seed is None:
         seed = fresh_seed()
     use_threads(threads)
@@ -140,6 +158,49 @@ def command(ctx, ckpt, latest, length, prime, prime_file, no_echo, temperature, 
         _write_json(events, num_samples, seed)
     else:
         _write_text(events, num_samples, "" if no_echo else prime, separator)
+
+
+#: sampling options beam search has no use for: it is deterministic, one search
+BEAM_CONFLICTS = ("temperature", "top_k", "top_p", "greedy", "seed", "stream")
+
+
+def _beam(ctx, ckpt, latest, length, prime, prime_file, no_echo, stop, beams, alpha,
+          as_json, threads) -> None:
+    """--beam N: the N beams run as one batch (charrnn.sampling.beam.beam_search); the best
+    beam's text is printed (after the prime unless --no-echo), or with --json one object
+    per beam, best first: {"beam", "prime", "text", "chars", "logprob", "bpc", "score",
+    "stopped"} (logprob: total, nats, of the generated characters, the stop string
+    included when stopped; bpc: bits per such character; score: the ranking key)."""
+    for name in BEAM_CONFLICTS:
+        if given(ctx, name):
+            raise click.UsageError(f"--beam is a deterministic search: it takes no "
+                                   f"--{name.replace('_', '-')}")
+    if ctx.params["num_samples"] > 1:
+        raise click.UsageError("--beam gives one text (--json lists every beam): it takes "
+                               "no --num-samples above 1")
+    use_threads(threads)
+    import json
+
+    from .. import console
+    from ..store.checkpoint import load_model
+    from ..sampling.beam import beam_search
+
+    if prime_file is not None:
+        prime = _read_prime_file(prime_file)
+    prime = prime or ""
+    model = load_model(ckpt, latest=latest)
+    found = beam_search(model, length, beams=beams, prime=prime, stop=stop,
+                        length_penalty=alpha, warn=console.warn)
+    out = sys.stdout
+    if as_json:
+        for r in found:
+            out.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+    else:
+        text = ("" if no_echo else prime) + found[0].text
+        out.write(text)
+        if text and text[-1] != "\n" and out.isatty():
+            out.write("\n")
+    out.flush()
 
 
 def _write_json(events, N: int, seed: int) -> None:

@@ -251,61 +251,96 @@ def _layer_step(opts, wts, k, hk, ck, XP, HH, HRZ, RH, HN, Gs):
             rnn_row(opts.relu, HH[n], XP[n], b_hh, hk[n])
 
 
+class Scratch(NamedTuple):
+    """Buffers of one step for N streams (:func:`new_scratch`)."""
+
+    X: np.ndarray         # (N, H) input of the current layer, then its output
+    XP: np.ndarray        # (N, G*H) input projection
+    HH: np.ndarray        # (N, G*H) recurrent product / pre-activations
+    HRZ: np.ndarray       # (N, 2H) GRU "before": h_{t-1} W_hrz^T
+    RH: np.ndarray        # (N, H) GRU "before": r * h_{t-1}; scratch
+    HN: np.ndarray        # (N, H) GRU "before": (r * h) W_hn^T
+    Gs: np.ndarray        # (N, G*H) gate activations
+    LOG: np.ndarray       # (N, V) logits
+
+
+@jit
+def new_scratch(wts, N):
+    """The :class:`Scratch` buffers of N streams of the model ``wts``."""
+    L, GH, H = wts.w_hh.shape
+    V = wts.head_w.shape[0]
+    dt = wts.w_hh.dtype
+    return Scratch(np.empty((N, H), dt), np.empty((N, GH), dt), np.empty((N, GH), dt),
+                   np.empty((N, 2 * H), dt), np.empty((N, H), dt), np.empty((N, H), dt),
+                   np.empty((N, GH), dt), np.empty((N, V), dt))
+
+
+@jit
+def forward_step(opts, wts, st, sc):
+    """Feed ``st.cur`` (N,) through the layers: the state ``st.h``, ``st.c`` is updated
+    in place and ``sc.X`` (N, H) gets the top layer's output (the one gate
+    implementation, :mod:`charrnn.kernels.gates`, through :func:`_layer_step`)."""
+    L, GH, H = wts.w_hh.shape
+    N = st.cur.shape[0]
+    X, XP = sc.X, sc.XP
+    for k in range(L):
+        if k == 0:
+            for n in range(N):
+                row = wts.table0[st.cur[n]]
+                xpn = XP[n]
+                for j in range(GH):
+                    xpn[j] = row[j]
+        else:
+            product(opts.product, wts.w_ih[k], wts.pw_ih[k], X, XP)
+            for n in range(N):
+                xpn = XP[n]
+                bk = wts.b_ih[k]
+                for j in range(GH):
+                    xpn[j] += bk[j]
+        hk = st.h[k]
+        _layer_step(opts, wts, k, hk, st.c[min(k, st.c.shape[0] - 1)], XP, sc.HH, sc.HRZ,
+                    sc.RH, sc.HN, sc.Gs)
+        for n in range(N):
+            xn = X[n]
+            hn = hk[n]
+            if opts.residual and k > 0:
+                for j in range(H):
+                    xn[j] += hn[j]
+            else:
+                for j in range(H):
+                    xn[j] = hn[j]
+
+
+@jit
+def head_logits(opts, wts, sc):
+    """``sc.LOG`` (N, V) = the head applied to ``sc.X`` (N, H)."""
+    product(opts.product, wts.head_w, wts.pw_head, sc.X, sc.LOG)
+    V = wts.head_w.shape[0]
+    for n in range(sc.LOG.shape[0]):
+        zn = sc.LOG[n]
+        for v in range(V):
+            zn[v] += wts.head_b[v]
+
+
 @jit
 def _generate_kernel(opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
     """``n_steps`` steps of every stream of ``st`` (module docstring): ids (N, S) and
     their log-probabilities (N, S) float64 into ``out_ids``, ``out_lp``."""
-    L, GH, H = wts.w_hh.shape
     N = st.cur.shape[0]
     V = wts.head_w.shape[0]
-    dt = wts.w_hh.dtype
-    X = np.empty((N, H), dt)            # (N, H) input of the current layer, then its output
-    XP = np.empty((N, GH), dt)          # (N, G*H) input projection
-    HH = np.empty((N, GH), dt)          # (N, G*H) recurrent product / pre-activations
-    HRZ = np.empty((N, 2 * H), dt)      # (N, 2H) GRU "before": h_{t-1} W_hrz^T
-    RH = np.empty((N, H), dt)           # (N, H) GRU "before": r * h_{t-1}; scratch
-    HN = np.empty((N, H), dt)           # (N, H) GRU "before": (r * h) W_hn^T
-    Gs = np.empty((N, GH), dt)          # (N, G*H) gate activations
-    LOG = np.empty((N, V), dt)          # (N, V) logits
+    sc = new_scratch(wts, N)
     w = np.empty(V, np.float64)         # (V,) draw scratch
     order = np.empty(V, np.int64)       # (V,) draw scratch
     for t in range(n_steps):
-        for k in range(L):
-            if k == 0:
-                for n in range(N):
-                    row = wts.table0[st.cur[n]]
-                    xpn = XP[n]
-                    for j in range(GH):
-                        xpn[j] = row[j]
-            else:
-                product(opts.product, wts.w_ih[k], wts.pw_ih[k], X, XP)
-                for n in range(N):
-                    xpn = XP[n]
-                    bk = wts.b_ih[k]
-                    for j in range(GH):
-                        xpn[j] += bk[j]
-            hk = st.h[k]
-            _layer_step(opts, wts, k, hk, st.c[min(k, st.c.shape[0] - 1)], XP, HH, HRZ, RH,
-                        HN, Gs)
-            for n in range(N):
-                xn = X[n]
-                hn = hk[n]
-                if opts.residual and k > 0:
-                    for j in range(H):
-                        xn[j] += hn[j]
-                else:
-                    for j in range(H):
-                        xn[j] = hn[j]
+        forward_step(opts, wts, st, sc)
         forced_step = t < forced.n
         if forced_step and not forced.score:
             for n in range(N):
                 st.cur[n] = forced.ids[n, t]
             continue
-        product(opts.product, wts.head_w, wts.pw_head, X, LOG)
+        head_logits(opts, wts, sc)
         for n in range(N):
-            zn = LOG[n]
-            for v in range(V):
-                zn[v] += wts.head_b[v]
+            zn = sc.LOG[n]
             if forced_step:
                 nxt = forced.ids[n, t]
                 m = np.float64(zn[argmax_row(zn)])

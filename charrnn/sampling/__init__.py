@@ -20,6 +20,7 @@ Conventions (the ``charrnn sample`` command documents them too):
   and top-p change nothing then (the argmax is always kept).
 * Log-probabilities are the model's own (temperature 1, no top-k/top-p), in nats;
   ``mean_logprob`` is minus the model's loss on the generated text.
+* Beam search (``--beam N``, deterministic) is :mod:`charrnn.sampling.beam`.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import SampleConfig
-from .errors import ConfigError, InputError
-from .model.sampler_weights import PackedWeights, pack_weights
+from ..config import SampleConfig
+from ..errors import ConfigError, InputError
+from ..model.sampler_weights import PackedWeights, pack_weights
 
 CHUNK = 256          # characters per kernel call when streaming by chunks
 
@@ -78,8 +79,8 @@ class Sampler:
             raise ConfigError(f"num_samples must be >= 1 (got {num_streams})")
         SampleConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                      greedy=bool(greedy), seed=int(seed)).validate()
-        from .kernels import sample as KS
-        from .kernels.modes import Product
+        from ..kernels import sample as KS
+        from ..kernels.modes import Product
 
         self._k = KS
         self.model = model
@@ -95,7 +96,7 @@ class Sampler:
         # packed-weight kernel (several streams in groups on numba's threads, or one
         # stream of a wide model), else row-by-row dots
         self.product = Product.PACKED if blas else Product.ROWS
-        from .kernels import runtime
+        from ..kernels import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
         self.groups = 1
         if self.product == Product.PACKED:
@@ -211,7 +212,7 @@ def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
     packed-weight kernel for several streams (Sampler) and for one stream of a wider
     model on several threads (where BLAS gemv through scipy was once used)."""
     if threads is None:
-        from .kernels import runtime
+        from ..kernels import runtime
         threads = runtime.threads()
     return N > 1 or (H > 256 and threads > 1)
 
@@ -236,7 +237,7 @@ def draw_from_logits(logits, M: int, temperature: float = 1.0, top_k: int = 0,
                      top_p: float = 1.0, greedy: bool = False, seed: int = 0) -> np.ndarray:
     """M draws (M,) int64 from one row of logits (V,) with the kernel's own draw code
     (for tests and for checking sampling settings)."""
-    from .kernels import sample as KS
+    from ..kernels import sample as KS
 
     SampleConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                  greedy=bool(greedy), seed=int(seed)).validate()
