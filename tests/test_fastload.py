@@ -129,6 +129,33 @@ def test_code_compiled_later_links_a_fast_loaded_kernel(cache_dir):
     assert out["stats"]["fast_loads"] >= 6 and out["stats"]["nrt_fallback"] == 0
 
 
+# Environments of modules not imported at load time (numba's own helpers) are rebuilt
+# without their globals; the first compilation imports the modules and fills them in.
+ENVS = r"""
+import numba.core.environment as E
+from charrnn.kernels import fastload as F
+envs = list(F._pending_envs)
+imported_early = sorted({m for m, _ in envs if m in sys.modules})
+EXTRA_CALLER
+filled = all(g["__name__"] == m and m in sys.modules
+             and g.keys() >= sys.modules[m].__dict__.keys() for m, g in envs)
+print(json.dumps({"envs": len(envs), "imported_early": imported_early,
+                  "filled": filled, "pending": len(F._pending_envs)}))
+"""
+
+
+def test_environments_are_filled_in_when_numba_compiles(cache_dir):
+    extra = ENVS.replace("EXTRA_CALLER", CALLER.replace("print(json.dumps", "(json.dumps"))
+    probe(cache_dir, extra=extra)                      # warm: exp_into(float64 ...) cached
+    out = probe(cache_dir, extra=extra)
+    assert out["envs"] > 0 and out["imported_early"] == []
+    assert out["stats"]["deferred_envs"] == out["envs"]
+    assert out["filled"] and out["pending"] == 0
+    assert out["stats"]["envs_filled"] == out["envs"]
+    plain = probe(cache_dir, extra="", fastload=False)
+    assert plain["stats"]["deferred_envs"] == 0 and plain["loss"] == out["loss"]
+
+
 def test_damaged_nrt_cache_is_compiled_again(cache_dir):
     probe(cache_dir)
     (path,) = nrt_files(cache_dir)

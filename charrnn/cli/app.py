@@ -7,13 +7,19 @@ the text-decoding and prepare options in :mod:`charrnn.cli.dataopts`.  This modu
 holds the group and :func:`main`, the one place where library errors become
 ``Error: ...`` lines and exit codes.  At start-up the cli modules import only click,
 the standard library and charrnn's light ``config`` and ``errors``; numpy and numba
-load inside the commands that need them, so ``charrnn --help`` stays fast.
+load inside the commands that need them, so ``charrnn --help`` stays fast.  A command's
+module is imported only when that command runs or shows its help: ``charrnn --help``
+lists the commands from :data:`COMMANDS` (name and first line of help) without importing
+any of them (benchmarks/startup.py measures the start-up).
 """
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
+from collections.abc import MutableMapping
+from gettext import gettext
 
 import click
 
@@ -27,7 +33,86 @@ def _debug_requested(argv) -> bool:
     return "--debug" in (argv if argv is not None else sys.argv[1:])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: every subcommand: its module under charrnn.cli (which defines ``command``) and the first
+#: paragraph of its help, which ``charrnn --help`` shows without importing the module
+#: (tests/test_startup.py checks that each matches its command's docstring)
+COMMANDS = {
+    "eval": ("eval", "Score text with the model in CKPT: loss (nats/char), bpc and "
+                     "perplexity."),
+    "info": ("info", "Show what CKPT holds: config, parameters, vocabulary, training "
+                     "progress."),
+    "prepare": ("prepare", "Turn text into a data directory for `charrnn train`."),
+    "sample": ("sample", "Generate text from the model in CKPT (a checkpoint file or a run "
+                         "directory)."),
+    "train": ("train", "Train a model on DATA and write checkpoints to RUN_DIR."),
+}
+
+
+class LazyCommands(MutableMapping):
+    """The group's ``commands``: every name of :data:`COMMANDS` is in it from the start,
+    and a command's module is imported when the command is first looked up."""
+
+    def __init__(self, lazy: dict):
+        self._lazy = dict(lazy)             # name -> module, not imported yet
+        self._loaded: dict = {}
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def __getitem__(self, name):
+        if name not in self._loaded:
+            if name not in self._lazy:
+                raise KeyError(name)
+            module = importlib.import_module(f"{__package__}.{self._lazy[name]}")
+            self._loaded[name] = module.command
+        return self._loaded[name]
+
+    def __setitem__(self, name, command) -> None:
+        self._loaded[name] = command
+        self._lazy.pop(name, None)
+
+    def __delitem__(self, name) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._loaded.pop(name, None)
+        self._lazy.pop(name, None)
+
+    def __contains__(self, name) -> bool:
+        return name in self._loaded or name in self._lazy
+
+    def __iter__(self):
+        return iter(sorted(set(self._loaded) | set(self._lazy)))
+
+    def __len__(self) -> int:
+        return len(set(self._loaded) | set(self._lazy))
+
+
+class LazyGroup(click.Group):
+    """A group whose command list (``--help``) needs none of the commands' modules."""
+
+    def format_commands(self, ctx: click.Context, formatter) -> None:
+        """click's own list (Group.format_commands), where a command not imported yet
+        gives its row through a stand-in command with the same help."""
+        commands = self.commands
+        if not isinstance(commands, LazyCommands):
+            return super().format_commands(ctx, formatter)
+        shown = []
+        for name in self.list_commands(ctx):
+            if commands.is_loaded(name) or name not in COMMANDS:
+                cmd = self.get_command(ctx, name)
+            else:
+                cmd = click.Command(name, help=COMMANDS[name][1])
+            if cmd is not None and not cmd.hidden:
+                shown.append((name, cmd))
+        if shown:
+            limit = formatter.width - 6 - max(len(name) for name, _cmd in shown)
+            rows = [(name, cmd.get_short_help_str(limit)) for name, cmd in shown]
+            with formatter.section(gettext("Commands")):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, commands=LazyCommands({n: m for n, (m, _) in COMMANDS.items()}),
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="charrnn")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks (also CHARRNN_DEBUG=1).")
 def cli(debug):
@@ -138,17 +223,5 @@ def main(argv=None) -> None:
         code = _quiet_broken_pipe()
     sys.exit(int(code))
 
-
-# ----------------------------------------------------------------- subcommands
-# Each module defines one click command; importing them costs only click.
-
-def _register() -> None:
-    from . import eval, info, prepare, sample, train
-
-    for mod in (eval, info, prepare, sample, train):
-        cli.add_command(mod.command)
-
-
-_register()
 
 __all__ = ["cli", "main"]

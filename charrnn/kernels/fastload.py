@@ -17,6 +17,19 @@ charrnn dispatcher a cache whose ``load_overload`` only makes sure the NRT is re
 first time it is compiled (``nrt-*.bin``, keyed by numba and llvmlite versions and the
 CPU; never pickled).
 
+Loading a kernel also rebuilds the "environment" of every function compiled into it,
+numba's own helpers included, and numba imports each one's module for its globals
+(``numba.core.environment._rebuild_env``): for the sampler that imported numba.np.arrayobj,
+numba.cpython.unicode and more, about 50 ms.  Only object-mode code reads an
+environment's globals (``numba.core.pylowering``); nopython kernels read its constants.
+So on the fast path an environment whose module is not imported yet gets globals that
+hold only ``__name__`` (enough to pickle it again), and the first compilation in the
+process (numba's ``numba:compile`` event, before it compiles anything) imports those
+modules and fills the globals in, as numba would have done at load time.  A loaded
+kernel's IR is kept as the bitcode it was read from (:func:`_defer_linking_module`), and
+a dispatcher makes its cache object only when first called (:class:`LazyCache`, used by
+charrnn.kernels.jit): a command imports many more kernels than it calls.
+
 Measured on the 2-core AMD EPYC (Zen 3) of 2026-12-03, a fresh process loading one
 cached kernel: 0.55 s and 27 MB anonymous + 39 MB file-backed resident memory with
 numba's path, 0.04 s and 2 + 14 MB with this one; peak RSS of LSTM 2x512 training
@@ -41,9 +54,10 @@ ENABLED = os.environ.get("CHARRNN_NUMBA_FASTLOAD", "1").strip() != "0"
 
 #: counts: kernels loaded on the fast path, their IR kept as bitcode, kernels handed to
 #: numba's path after an error; NRT initialised from the cached object code, compiled
-#: (and cached), or by numba itself (a fallback)
+#: (and cached), or by numba itself (a fallback); environments whose module's import
+#: was deferred, and those filled in since (at the first compilation)
 STATS = {"fast_loads": 0, "deferred_modules": 0, "load_fallback": 0, "nrt_loaded": 0,
-         "nrt_compiled": 0, "nrt_fallback": 0}
+         "nrt_compiled": 0, "nrt_fallback": 0, "deferred_envs": 0, "envs_filled": 0}
 
 _MAGIC = b"charrnn-nrt-object-v1\n"
 
@@ -138,15 +152,118 @@ def _load_overload(self, sig, target_context):
         STATS["nrt_fallback"] += 1
         return type(self).load_overload(self, sig, target_context)
     try:
-        with self._guard_against_spurious_io_errors():
+        with (self._guard_against_spurious_io_errors(), _deferring_environments(),
+              _keeping_bitcode(target_context.codegen())):
             out = self._load_overload(sig, target_context)
     except Exception:                 # a kernel that needs more: numba's own path
         STATS["load_fallback"] += 1
+        with contextlib.suppress(Exception):
+            fill_deferred_environments()
         return type(self).load_overload(self, sig, target_context)
     if out is not None:
         STATS["fast_loads"] += 1
         _defer_linking_module(out.library)
     return out
+
+
+#: environments rebuilt without their module's globals: (module name, globals dict)
+_pending_envs: list = []
+
+
+@contextlib.contextmanager
+def _deferring_environments():
+    """While a cached kernel is unpickled, environments of modules not imported yet are
+    rebuilt by :func:`_rebuild_env_deferred` (the pickle names numba's function, looked
+    up when it is loaded; loads run under numba's compiler lock)."""
+    from numba.core import environment
+
+    numba_rebuild = environment._rebuild_env
+    if getattr(numba_rebuild, "__name__", "") != "_rebuild_env":   # not what we expect
+        yield
+        return
+    _fill_envs_before_compiling()
+
+    def rebuild(modname, consts, env_name):
+        return _rebuild_env_deferred(environment, numba_rebuild, modname, consts, env_name)
+
+    environment._rebuild_env = rebuild
+    try:
+        yield
+    finally:
+        environment._rebuild_env = numba_rebuild
+
+
+@contextlib.contextmanager
+def _keeping_bitcode(codegen):
+    """While a cached kernel is unpickled, each library made from object code keeps the
+    bitcode its IR was parsed from (``_charrnn_bitcode``), so that
+    :func:`_defer_linking_module` need not write the parsed IR out again (12-20 ms for
+    the sampler's kernel)."""
+    numba_unserialize = codegen.unserialize_library
+    own = vars(codegen).get("unserialize_library")
+
+    def unserialize(serialized):
+        library = numba_unserialize(serialized)
+        _name, kind, data = serialized
+        if kind == "object":
+            library._charrnn_bitcode = data[1]
+        return library
+
+    codegen.unserialize_library = unserialize
+    try:
+        yield
+    finally:
+        if own is None:
+            del codegen.unserialize_library     # the class's method again
+        else:
+            codegen.unserialize_library = own
+
+
+def _rebuild_env_deferred(environment, numba_rebuild, modname, consts, env_name):
+    """numba's ``_rebuild_env`` without importing a module that is not imported yet."""
+    import sys
+
+    if (not isinstance(modname, str) or modname in sys.modules
+            or environment.lookup_environment(env_name) is not None):
+        return numba_rebuild(modname, consts, env_name)
+    env = environment.Environment({"__name__": modname})
+    env.consts[:] = consts
+    env.env_name = env_name
+    environment.Environment._memo[env_name] = env
+    _pending_envs.append((modname, env.globals))
+    STATS["deferred_envs"] += 1
+    return env
+
+
+def fill_deferred_environments() -> None:
+    """Give every deferred environment its module's globals (imports the modules)."""
+    import importlib
+
+    while _pending_envs:
+        modname, globals_ = _pending_envs.pop()
+        globals_.update(importlib.import_module(modname).__dict__)
+        STATS["envs_filled"] += 1
+
+
+_listening = []
+
+
+def _fill_envs_before_compiling() -> None:
+    """Once per process: fill the deferred environments when numba starts compiling."""
+    if _listening:
+        return
+    import numba.core.event as ev
+
+    class _FillOnCompile(ev.Listener):
+        def on_start(self, event):
+            if _pending_envs:
+                fill_deferred_environments()
+
+        def on_end(self, event):
+            pass
+
+    _listening.append(_FillOnCompile())
+    ev.register("numba:compile", _listening[0])
 
 
 def _defer_linking_module(library) -> None:
@@ -159,7 +276,9 @@ def _defer_linking_module(library) -> None:
     module = getattr(library, "_shared_module", None)
     if module is None or not hasattr(library, "_get_module_for_linking"):
         return
-    bitcode = module.as_bitcode()
+    bitcode = library.__dict__.pop("_charrnn_bitcode", None)
+    if not isinstance(bitcode, bytes):
+        bitcode = module.as_bitcode()
     library._shared_module = None
 
     def module_for_linking():
@@ -171,11 +290,57 @@ def _defer_linking_module(library) -> None:
     STATS["deferred_modules"] += 1
 
 
-def fast_cache(dispatcher):
-    """``dispatcher`` (a numba ``@njit(cache=True)`` function), loading from its cache on
-    the fast path when :data:`ENABLED`; unchanged otherwise."""
-    cache = getattr(dispatcher, "_cache", None)
+def _patch(cache) -> None:
     if (ENABLED and cache is not None and hasattr(cache, "_load_overload")
             and hasattr(cache, "_guard_against_spurious_io_errors")):
         cache.load_overload = types.MethodType(_load_overload, cache)
+
+
+def fast_cache(dispatcher):
+    """``dispatcher`` (a numba ``@njit(cache=True)`` function), loading from its cache on
+    the fast path when :data:`ENABLED`; unchanged otherwise."""
+    _patch(getattr(dispatcher, "_cache", None))
+    return dispatcher
+
+
+class LazyCache:
+    """A dispatcher's cache, made (numba's ``FunctionCache``, loading on the fast path)
+    when the dispatcher first looks in it: making one locates the cache directory and
+    tries writing there, about 0.2 ms a kernel, and a command calls few of the kernels
+    it imports (the sampler one of 63).  numba's dispatchers use their ``_cache`` only
+    through ``load_overload``, ``save_overload``, ``flush`` and ``cache_path``."""
+
+    def __init__(self, py_func):
+        self._py_func = py_func
+        self._cache = None
+
+    def _real(self):
+        if self._cache is None:
+            from numba.core.caching import FunctionCache
+
+            cache = FunctionCache(self._py_func)
+            _patch(cache)
+            self._cache = cache
+        return self._cache
+
+    def load_overload(self, sig, target_context):
+        return self._real().load_overload(sig, target_context)
+
+    def save_overload(self, sig, data):
+        return self._real().save_overload(sig, data)
+
+    def flush(self):
+        return self._real().flush()
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_cache", "_py_func"):
+            raise AttributeError(name)
+        return getattr(self._real(), name)
+
+
+def lazy_cache(dispatcher):
+    """``dispatcher`` (a numba ``@njit`` function made with ``cache=False``) with a
+    :class:`LazyCache`: cached as with ``cache=True``, loading on the fast path."""
+    if hasattr(dispatcher, "_cache") and hasattr(dispatcher, "py_func"):
+        dispatcher._cache = LazyCache(dispatcher.py_func)
     return dispatcher
