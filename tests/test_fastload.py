@@ -156,6 +156,40 @@ def test_environments_are_filled_in_when_numba_compiles(cache_dir):
     assert plain["stats"]["deferred_envs"] == 0 and plain["loss"] == out["loss"]
 
 
+# the JIT engine's list of defined symbols (what numba would have taken from the IR)
+SYMBOLS = r"""
+from numba.core.registry import cpu_target
+names = sorted(cpu_target.target_context.codegen()._engine._defined_symbols)
+print(json.dumps({"symbols": names}))
+"""
+
+
+def symbol_files(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("symbols-*.json"))
+
+
+def test_symbol_lists_are_cached_and_the_same_as_numba_lists(cache_dir):
+    """A kernel's IR is parsed only when its defined symbols are not cached yet; a
+    missing, damaged or foreign list means numba's path (which writes it again)."""
+    probe(cache_dir)                                   # warm
+    for f in symbol_files(cache_dir):
+        f.unlink()
+    parsed = probe(cache_dir, extra=SYMBOLS)           # numba parses, lists are written
+    assert parsed["stats"]["symbols_loaded"] == 0 and symbol_files(cache_dir)
+    cached = probe(cache_dir, extra=SYMBOLS)
+    assert cached["stats"]["symbols_loaded"] >= cached["stats"]["fast_loads"] >= 5
+    assert cached["symbols"] == parsed["symbols"] and len(cached["symbols"]) > 10
+    assert cached["loss"] == parsed["loss"] and cached["flat"] == parsed["flat"]
+    files = symbol_files(cache_dir)
+    files[0].write_bytes(files[0].read_bytes()[:-3] + b"]]]")       # damaged
+    files[1].write_text("[]")                                     # not ours
+    out = probe(cache_dir, extra=SYMBOLS)
+    assert out["stats"]["symbols_loaded"] == cached["stats"]["symbols_loaded"] - 2
+    assert out["symbols"] == parsed["symbols"] and out["loss"] == parsed["loss"]
+    again = probe(cache_dir, extra=SYMBOLS)             # both written whole again
+    assert again["stats"]["symbols_loaded"] == cached["stats"]["symbols_loaded"]
+
+
 def test_damaged_nrt_cache_is_compiled_again(cache_dir):
     probe(cache_dir)
     (path,) = nrt_files(cache_dir)

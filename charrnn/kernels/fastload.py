@@ -26,9 +26,13 @@ So on the fast path an environment whose module is not imported yet gets globals
 hold only ``__name__`` (enough to pickle it again), and the first compilation in the
 process (numba's ``numba:compile`` event, before it compiles anything) imports those
 modules and fills the globals in, as numba would have done at load time.  A loaded
-kernel's IR is kept as the bitcode it was read from (:func:`_defer_linking_module`), and
-a dispatcher makes its cache object only when first called (:class:`LazyCache`, used by
-charrnn.kernels.jit): a command imports many more kernels than it calls.
+kernel's IR is not parsed either: numba parses it to list the symbols it defines, and
+that list is cached too (``symbols-*.json``, keyed by the bitcode; :func:`_unserialize`);
+the IR is kept as the bitcode it was read from until code compiled later links against
+it.  And a dispatcher makes its cache object only when first called (:class:`LazyCache`,
+used by charrnn.kernels.jit): a command imports many more kernels than it calls.
+Together, loading the sampler's kernel from a warm cache went from about 90 ms to 35 ms
+(benchmarks/startup.py).
 
 Measured on the 2-core AMD EPYC (Zen 3) of 2026-12-03, a fresh process loading one
 cached kernel: 0.55 s and 27 MB anonymous + 39 MB file-backed resident memory with
@@ -55,9 +59,11 @@ ENABLED = os.environ.get("CHARRNN_NUMBA_FASTLOAD", "1").strip() != "0"
 #: counts: kernels loaded on the fast path, their IR kept as bitcode, kernels handed to
 #: numba's path after an error; NRT initialised from the cached object code, compiled
 #: (and cached), or by numba itself (a fallback); environments whose module's import
-#: was deferred, and those filled in since (at the first compilation)
+#: was deferred, and those filled in since (at the first compilation); libraries whose
+#: defined symbols came from charrnn's cache (their IR not parsed)
 STATS = {"fast_loads": 0, "deferred_modules": 0, "load_fallback": 0, "nrt_loaded": 0,
-         "nrt_compiled": 0, "nrt_fallback": 0, "deferred_envs": 0, "envs_filled": 0}
+         "nrt_compiled": 0, "nrt_fallback": 0, "deferred_envs": 0, "envs_filled": 0,
+         "symbols_loaded": 0}
 
 _MAGIC = b"charrnn-nrt-object-v1\n"
 
@@ -195,19 +201,13 @@ def _deferring_environments():
 
 @contextlib.contextmanager
 def _keeping_bitcode(codegen):
-    """While a cached kernel is unpickled, each library made from object code keeps the
-    bitcode its IR was parsed from (``_charrnn_bitcode``), so that
-    :func:`_defer_linking_module` need not write the parsed IR out again (12-20 ms for
-    the sampler's kernel)."""
+    """While a cached kernel is unpickled, libraries made from object code go through
+    :func:`_unserialize` (numba's ``unserialize_library`` is put back afterwards)."""
     numba_unserialize = codegen.unserialize_library
     own = vars(codegen).get("unserialize_library")
 
     def unserialize(serialized):
-        library = numba_unserialize(serialized)
-        _name, kind, data = serialized
-        if kind == "object":
-            library._charrnn_bitcode = data[1]
-        return library
+        return _unserialize(codegen, numba_unserialize, serialized)
 
     codegen.unserialize_library = unserialize
     try:
@@ -217,6 +217,85 @@ def _keeping_bitcode(codegen):
             del codegen.unserialize_library     # the class's method again
         else:
             codegen.unserialize_library = own
+
+
+def _unserialize(codegen, numba_unserialize, serialized):
+    """numba's ``CPUCodeLibrary._unserialize`` of a library cached as object code, without
+    parsing its IR: numba parses the bitcode (25-30 ms for the sampler's kernel) only to
+    list the symbols it defines (the JIT engine's ``_defined_symbols``, which
+    ``get_pointer_to_function`` consults) and to keep the module for linking.  The list is
+    cached here (:func:`_symbols_path`, keyed by the bitcode) the first time numba's path
+    computes it; the module is parsed from the cached bitcode when something links
+    against it (:func:`_link_from_bitcode`), so the IR is never written out again."""
+    _name, kind, data = serialized
+    if kind != "object":
+        return numba_unserialize(serialized)
+    object_code, bitcode = data
+    engine = codegen._engine
+    symbols = _read_symbols(bitcode)
+    if symbols is None or not isinstance(getattr(engine, "_defined_symbols", None), set):
+        library = numba_unserialize(serialized)
+        with contextlib.suppress(Exception):      # read-only or full: numba's way next time
+            _write_symbols(bitcode, library._shared_module)
+        _link_from_bitcode(library, bitcode)
+        return library
+    library = codegen.create_library(_name)
+    library.enable_object_caching()
+    library._set_compiled_object(object_code)
+    _link_from_bitcode(library, bitcode)
+    library._finalize_final_module()
+    engine._defined_symbols |= symbols
+    STATS["symbols_loaded"] += 1
+    return library
+
+
+_SYMBOLS_MAGIC = b"charrnn-symbols-v1\n"
+
+
+def _symbols_path(bitcode: bytes) -> Path:
+    import llvmlite
+
+    from .runtime import numba_cache_dir
+
+    digest = hashlib.sha256(llvmlite.__version__.encode() + b"\0" + bitcode).hexdigest()
+    return numba_cache_dir() / f"symbols-{digest[:32]}.json"
+
+
+def _read_symbols(bitcode: bytes) -> set | None:
+    """The symbols the module of ``bitcode`` defines, from the cache; None when missing,
+    damaged or unreadable."""
+    import json
+
+    try:
+        data = _symbols_path(bitcode).read_bytes()
+        head = len(_SYMBOLS_MAGIC) + 32
+        body = data[head:]
+        if (not data.startswith(_SYMBOLS_MAGIC)
+                or hashlib.sha256(body).digest() != data[len(_SYMBOLS_MAGIC):head]):
+            return None
+        names = json.loads(body.decode("utf-8"))
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            return None
+        return set(names)
+    except (OSError, ValueError):
+        return None
+
+
+def _defined_symbols(module) -> list:
+    """What numba's ``JitEngine._load_defined_symbols`` takes from a module."""
+    return sorted({gv.name for gsets in (module.functions, module.global_variables)
+                   for gv in gsets if not gv.is_declaration})
+
+
+def _write_symbols(bitcode: bytes, module) -> None:
+    import json
+
+    from ..store.fsutil import atomic_write_bytes
+
+    body = json.dumps(_defined_symbols(module)).encode("utf-8")
+    path = _symbols_path(bitcode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _SYMBOLS_MAGIC + hashlib.sha256(body).digest() + body)
 
 
 def _rebuild_env_deferred(environment, numba_rebuild, modname, consts, env_name):
@@ -270,15 +349,21 @@ def _defer_linking_module(library) -> None:
     """Keep a loaded kernel's IR (the "shared module" numba parses from the cache so
     that code compiled later can link the kernel in) as bitcode, parsed again only when
     something is compiled against it: the IR of LSTM training's eight kernels takes
-    8 MB of memory parsed, 0.7 MB as bitcode."""
+    8 MB of memory parsed, 0.7 MB as bitcode.  (Libraries read by :func:`_unserialize`
+    are kept so already.)"""
+    if not getattr(library, "_charrnn_deferred", False):
+        module = getattr(library, "_shared_module", None)
+        if module is None or not hasattr(library, "_get_module_for_linking"):
+            return
+        _link_from_bitcode(library, module.as_bitcode())
+    STATS["deferred_modules"] += 1
+
+
+def _link_from_bitcode(library, bitcode: bytes) -> None:
+    """``library``'s module for linking (numba's ``_get_module_for_linking``) parsed from
+    ``bitcode`` when first asked for."""
     import llvmlite.binding as ll
 
-    module = getattr(library, "_shared_module", None)
-    if module is None or not hasattr(library, "_get_module_for_linking"):
-        return
-    bitcode = library.__dict__.pop("_charrnn_bitcode", None)
-    if not isinstance(bitcode, bytes):
-        bitcode = module.as_bitcode()
     library._shared_module = None
 
     def module_for_linking():
@@ -287,7 +372,7 @@ def _defer_linking_module(library) -> None:
         return library._shared_module
 
     library._get_module_for_linking = module_for_linking
-    STATS["deferred_modules"] += 1
+    library._charrnn_deferred = True
 
 
 def _patch(cache) -> None:
