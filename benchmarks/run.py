@@ -155,6 +155,20 @@ def main() -> None:
         train_rows.append((name, B, T, cps, tcps, gf, rr))
         log(f"train {name}: charrnn {cps:,.0f} chars/s, torch {tcps or 0:,.0f}")
         ceilings.append(measure_ceiling()["gflops"])
+    # ---- thread scaling: what the second core (and each one after it) is worth
+    scale_rows = []
+    for n in sorted({1, th}):
+        c = dict(rep, threads=n, cell="lstm", L=2, H=512, B=50, T=100, V=V, low_memory=False,
+                 inner=2 if a.quick else 3)
+        ours, theirs, rr = median_pair(
+            lambda: worker("charrnn", "train", c)["sec_per_batch"],
+            (lambda: worker("torch", "train", c)["sec_per_batch"]) if torch_ok else None,
+            a.rounds)
+        cps, tcps = 5000 / ours, (5000 / theirs if theirs else None)
+        scale_rows.append((n, cps, tcps, cps * flops_per_char("lstm", 2, 512, True) / 1e9, rr))
+        log(f"train LSTM 2x512 on {n} thread(s): charrnn {cps:,.0f} chars/s, "
+            f"torch {tcps or 0:,.0f}")
+        ceilings.append(measure_ceiling()["gflops"])
     ceiling = statistics.median(ceilings)
     log(f"BLAS ceiling, median of {len(ceilings)}: {ceiling:.0f} GFLOP/s "
         f"({min(ceilings):.0f}-{max(ceilings):.0f})")
@@ -164,6 +178,7 @@ def main() -> None:
         (lambda: worker("torch", "eval", c)["sec_per_batch"]) if torch_ok else None,
         a.rounds)
     eval_row = (2500 / ours, 2500 / theirs if theirs else None)
+    eval_gf = eval_row[0] * flops_per_char("lstm", 2, 256, False) / 1e9
     log(f"eval LSTM 2x256: charrnn {eval_row[0]:,.0f}, torch {eval_row[1] or 0:,.0f}")
 
     # ---- sampling
@@ -248,10 +263,20 @@ def main() -> None:
         "",
         "## Evaluation (forward only, loss), characters/second",
         "",
-        "| model | charrnn | PyTorch | ratio | rounds' ratios |",
-        "|---|---|---|---|---|",
+        "| model | charrnn | PyTorch | ratio | rounds' ratios | charrnn GFLOP/s | of ceiling |",
+        "|---|---|---|---|---|---|---|",
         f"| LSTM 2x256, B=50 T=50 | {num(eval_row[0])} | {num(eval_row[1])} | "
-        f"{ratio(*eval_row)} | {spread(eval_rr)} |",
+        f"{ratio(*eval_row)} | {spread(eval_rr)} | {eval_gf:.0f} | {eval_gf / ceiling:.0%} |",
+        "",
+        "## Thread scaling, training LSTM 2x512 (B=50, T=100), characters/second",
+        "",
+        "| threads | charrnn | PyTorch | ratio | rounds' ratios | charrnn GFLOP/s | "
+        "speed-up over 1 thread (charrnn, PyTorch) |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {n} | {num(cps)} | {num(tcps)} | {ratio(cps, tcps)} | {spread(rr)} | {gf:.0f} | "
+          f"{cps / scale_rows[0][1]:.2f}x, "
+          f"{ratio(tcps, scale_rows[0][2]) if tcps and scale_rows[0][2] else 'n/a'} |"
+          for n, cps, tcps, gf, rr in scale_rows],
         "",
         "## Sampling, characters/second (PyTorch: a per-step loop with torch.multinomial)",
         "",
