@@ -23,12 +23,11 @@ Conventions of the step kernels:
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import prange
 
-from .activations import exp_into, tanh_into
-from .gates import (argmax_row, gru_h_row, gru_n_after_row, gru_n_before_row, gru_reset_row,
-                    gru_rz_row, lstm_row, rnn_row)
+from .activations import tanh_into
+from .gates import (gru_h_row, gru_n_after_row, gru_n_before_row, gru_reset_row,
+                    gru_rz_row, lstm_row, nll_row, rnn_row)
 from .jit import jit, pjit
 from .modes import GruStep
 
@@ -247,11 +246,8 @@ def _softmax_xent(logits, targets, scale, want_grad, dlogits, nll):
     dlogits may be logits itself (each row is read before it is written)."""
     N, V = logits.shape
     for n in prange(N):
-        m = logits[n, argmax_row(logits[n])]
         tgt = targets[n]
-        picked = logits[n, tgt] - m
-        s = exp_into(logits[n], m, dlogits[n])     # dlogits is scratch without want_grad
-        nll[n] = np.log(s) - picked
+        nll[n], s = nll_row(logits[n], tgt, dlogits[n])   # dlogits: scratch without want_grad
         if want_grad:
             inv = dlogits.dtype.type(scale / s)
             for v in range(V):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import sigmoid_into, tanh_into
+from .activations import exp_into, sigmoid_into, tanh_into
 from .jit import jit
 
 # ---------------------------------------------------------------- LSTM (gates i, f, g, o)
@@ -141,10 +141,21 @@ def log_sum_exp_shifted(z, m):
 
 
 @jit
+def nll_row(z, tgt, e):
+    """-log softmax(z)[tgt] (float64) of one row of logits z (V,); e (V,) receives
+    exp(z - max z) (it may be z itself).  Returns (nll, s), s the sum of e (float64)."""
+    m = z[argmax_row(z)]
+    picked = z[tgt] - m
+    s = exp_into(z, m, e)
+    return np.log(s) - picked, s
+
+
+@jit
 def log_softmax_at(z, i, m, lse):
     """log softmax(z)[i] in float64, given m = max z and lse = log_sum_exp_shifted(z, m)."""
     return (np.float64(z[i]) - m) - lse
 
 
 __all__ = ["argmax_row", "gru_h_row", "gru_n_after_row", "gru_n_before_row", "gru_reset_row",
-           "gru_rz_row", "log_softmax_at", "log_sum_exp_shifted", "lstm_row", "rnn_row"]
+           "gru_rz_row", "log_softmax_at", "log_sum_exp_shifted", "lstm_row", "nll_row",
+           "rnn_row"]

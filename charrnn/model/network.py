@@ -260,11 +260,7 @@ class Model(ModelPasses):
         """Eval mode: log p(targets[b, t] | inputs[b, :t+1], state) as (B, T) float64,
         and the final state."""
         inputs, targets, state = self._prepare(inputs, targets, state)
-        buf = self._forward(inputs, state, None)
-        self._loss(buf, targets, want_grad=False)
-        B, T = inputs.shape
-        lp = -buf.nll.reshape(T, B).T                          # (B, T)
-        return np.ascontiguousarray(lp), self._final_state(buf)
+        return self._eval_log_probs(inputs, targets, state)
 
 
 __all__ = ["Model"]

@@ -74,8 +74,9 @@ class ModelPasses:
         for k in order:
             work(k, 0, T)
 
-    def _forward(self, inputs, state, masks):
-        """Runs the layers and the head; leaves everything backward needs in buffers."""
+    def _forward(self, inputs, state, masks, head: bool = True):
+        """Runs the layers and (``head``) the head; leaves everything backward needs in
+        buffers."""
         from ..kernels import cells as K
         from ..kernels import packed as P
         from ..kernels.matmul import matmul
@@ -117,11 +118,30 @@ class ModelPasses:
             np.multiply(y, masks[-1], out=buf.xin[0])
             y = buf.xin[0]
         buf.head_in = y.reshape(N, H)                          # (N, H)
+        if not head:
+            return buf
         w_head = self.params["head.weight"]                    # (V, H)
         buf.wp_head = P.packed(w_head.T, buf.wp_head)          # (H, V) packed
         matmul(buf.head_in, buf.wp_head, buf.logits, bias=self.params["head.bias"],
                threads=runtime.numba_threads())
         return buf
+
+    def _eval_log_probs(self, inputs, targets, state):
+        """Eval mode: log p(targets) (B, T) float64 and the final state.  The layers run as
+        in :meth:`_forward`; the head and the loss are one kernel over blocks of rows
+        (:mod:`charrnn.kernels.head`), so the (N, V) logits are never stored."""
+        from ..kernels import packed as P
+        from ..kernels.head import head_log_probs
+
+        B, T = inputs.shape
+        buf = self._forward(inputs, state, None, head=False)
+        buf.tgt[...] = targets.T                               # (T, B)
+        buf.wp_head = P.packed(self.params["head.weight"].T, buf.wp_head)   # (H, V) packed
+        lp = np.empty((B, T), np.float64)                      # (B, T)
+        buf.head_scratch = head_log_probs(buf.head_in, buf.wp_head, self.params["head.bias"],
+                                          buf.tgt.reshape(T * B), lp, runtime.numba_threads(),
+                                          getattr(buf, "head_scratch", None))
+        return lp, self._final_state(buf)
 
     def _final_state(self, buf) -> tuple:
         per_layer = [layer.final_state(ws) for layer, ws in zip(self._layers, buf.layers)]
