@@ -183,7 +183,23 @@ def _under_file(tmp_path):
     return tmp_path / "afile" / "run"
 
 
+def _a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    return tmp_path / "afile"
+
+
+def _data_dir(tmp_path):
+    from charrnn.config import DataConfig
+    from charrnn.store.prepare import prepare
+
+    (tmp_path / "t.txt").write_text("some text to prepare, some more text to prepare\n" * 40)
+    prepare([str(tmp_path / "t.txt")], tmp_path / "data", DataConfig(), show_progress=False)
+    return tmp_path / "data"
+
+
 @pytest.mark.parametrize("make, message", [
+    (_a_file, "afile: exists and is not a directory"),
+    (_data_dir, "data is a prepared data directory, not a run directory"),
     (_under_file, "cannot create the run directory (a part of the path is a file, not a "
                   "folder)"),
     (lambda tmp_path: Path("/proc/charrnn-test-run"), "cannot create the run directory"),

@@ -94,7 +94,7 @@ def _model_options(f):
 
 @click.command("train")
 @click.argument("data", required=False, metavar="DATA")
-@click.option("-o", "--out", "run_dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "run_dir", required=True, type=click.Path(),
               help="Run directory (checkpoints, metrics, prepared data).")
 @click.option("--corpus", metavar="NAME", help="Train on a registry corpus instead of DATA.")
 @click.option("--restart", is_flag=True, help="Start over even if RUN_DIR has a checkpoint.")
@@ -206,6 +206,9 @@ def _run(data, corpus, run_dir, restart, init_from, publish, grow_vocab, threads
                 and not Path(data, "meta.json").is_file():
             raise InputError(f"{data} is a run directory, not data; its prepared data is "
                              f"{Path(data, 'data')}")
+        if Path(run_dir, "meta.json").is_file():
+            raise InputError(f"{run_dir} is a prepared data directory, not a run directory; "
+                             "give training a folder of its own with -o")
         if threads is None and not os.environ.get("CHARRNN_THREADS"):
             threads = comm.default_threads()        # MPI: the host's cores shared by its ranks
         n_threads = use_threads(threads)
