@@ -229,7 +229,9 @@ def test_cli_beam_json_greedy_and_conflicts(ckpt):
     r = _cli(ckpt, "-n", "40", "--beam", "1", "--prime", "the", "--no-echo")
     g = _cli(ckpt, "-n", "40", "--temperature", "0", "--prime", "the", "--no-echo")
     assert r.returncode == 0 and g.returncode == 0, r.stderr + g.stderr
-    assert r.stdout == g.stdout and r.stderr == ""
+    # nothing on stderr but, on a fresh kernel cache, the one-time compilation notice
+    assert r.stdout == g.stdout and [line for line in r.stderr.splitlines()
+                                     if not line.startswith("charrnn: compiling")] == []
     r = _cli(ckpt, "-n", "30", "--beam", "5", "--prime", "And", "--json", "--stop", "e",
              "--length-penalty", "0.5")
     assert r.returncode == 0, r.stderr
