@@ -52,7 +52,7 @@ def charrnn_model(c):
                       num_layers=c["L"])
     model = Model.from_config(cfg, seed=0)
     if c.get("low_memory"):                        # as `charrnn train --low-memory` sets it
-        from charrnn.training.loop import recompute_chunk
+        from charrnn.training.memory import recompute_chunk
         model.recompute_steps = recompute_chunk(c["B"])
     return model
 

@@ -38,13 +38,13 @@ import numpy as np
 
 from .. import console
 from ..config import ModelConfig, TrainConfig
-from ..errors import CheckpointError, DataError, Interrupted, TrainingDiverged
+from ..errors import CheckpointError, Interrupted, TrainingDiverged
 from ..store.checkpoint import read_checkpoint
 from . import checkpoints, records, resume
-from .checkpoints import METRICS_NAME, RunFiles
+from .checkpoints import RunFiles
 from .clock import Clock, Signals, progress_bar, signals_deferred
-from .memory import check_memory, estimate_memory, recompute_chunk
-from .options import RESUMABLE_CHANGES, RunOptions, merge_resumed, vocab_map
+from .memory import recompute_chunk
+from .options import RunOptions
 from .records import LN2
 from .validation import EvalAbandoned, evaluate_split, plan_validation, rescore_best
 
@@ -359,6 +359,4 @@ def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:
     return trainer.run()
 
 
-__all__ = ["train", "Trainer", "RunOptions", "evaluate_split", "estimate_memory",
-           "check_memory", "recompute_chunk", "merge_resumed", "vocab_map",
-           "METRICS_NAME", "RESUMABLE_CHANGES", "DataError"]
+__all__ = ["train", "Trainer", "RunOptions"]
