@@ -1,4 +1,5 @@
-"""stderr output: log lines, warnings and progress bars (stdout is for data only).
+"""stderr output: log lines, warnings and progress bars (stdout is for data only, and
+:func:`whole_writes` makes sure it is written whole).
 
 Progress bars appear only when stderr is a terminal; otherwise the caller's periodic
 plain log lines are what cron mail shows.  ``--quiet`` keeps only errors; ``--log-file``
@@ -15,6 +16,25 @@ _settings = {"quiet": False, "log_file": None}
 def configure(quiet: bool = False, log_file: str | None = None) -> None:
     _settings["quiet"] = quiet
     _settings["log_file"] = log_file
+
+
+def whole_writes() -> None:
+    """Under PYTHONUNBUFFERED (``python -u``) stdout's text layer writes straight to the
+    file descriptor and drops what a partial write left over (a signal during a write
+    into a pipe, or a reader that went away: `| head` then exited 0 with the data cut).
+    The CLI puts a buffered layer back, which writes everything or raises; lines still
+    go out as they are written."""
+    import io
+
+    out = sys.stdout
+    if not isinstance(getattr(out, "buffer", None), io.RawIOBase):
+        return
+    try:
+        raw = io.FileIO(out.fileno(), "wb", closefd=False)
+    except (OSError, ValueError, AttributeError):
+        return
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=out.encoding,
+                                  errors=out.errors, line_buffering=True)
 
 
 def stderr_is_tty() -> bool:

@@ -4,6 +4,7 @@ readers, impossible option combinations.  Each case pins the message and the exi
 and checks that nothing good was lost."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -236,6 +237,43 @@ def test_batch_larger_than_data_and_memory_estimate(tmp_path):
     assert r.returncode == 1
     line = r.stderr.splitlines()[-1]
     assert line.startswith("Error: this model and batch need about ") and "GiB" in line
+
+
+def test_eval_lines_answers_an_endless_fast_stdin_at_once(trained):
+    """`yes | charrnn eval run --lines | head -3`: the first lines come back from the
+    first small read (not after 64 KiB of lines are scored), and a closed stdout ends it."""
+    yes = subprocess.Popen([sys.executable, "-c", "import sys\ntry:\n    while True: "
+                            "sys.stdout.write('y\\n' * 512)\nexcept BrokenPipeError:\n"
+                            "    pass\n"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "eval", str(trained), "--lines"],
+                            stdin=yes.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, CHARRNN_THREADS="1"))
+    yes.stdout.close()
+    try:
+        got = [proc.stdout.readline() for _ in range(3)]
+        proc.stdout.close()                           # head exits
+        code = proc.wait(timeout=120)
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        yes.kill()
+        proc.wait()
+        yes.wait()
+    assert all(ln.endswith(b"\ty\n") and ln.count(b"\t") == 2 for ln in got), got
+    assert code in (0, 141) and "Traceback" not in err and "Error" not in err, err
+
+
+def test_eager_reads_start_small_and_grow():
+    from charrnn.evaluate.text import _eager_blocks
+
+    class Pipe(io.BytesIO):
+        def read1(self, n=-1):
+            sizes.append(n)
+            return super().read1(n)
+
+    sizes = []
+    assert b"".join(_eager_blocks(Pipe(b"y\n" * 100_000), 1 << 16)) == b"y\n" * 100_000
+    assert sizes[:6] == [4096, 8192, 16384, 32768, 65536, 65536]
 
 
 def test_eval_lines_streams_an_endless_line_in_bounded_memory(trained, tmp_path):

@@ -388,6 +388,37 @@ def test_streaming_in_a_real_pipeline(ckpt):
     assert len(head.stdout) == 10 and head.stderr == b""
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("extra", [["--json"], ["--json", "--num-samples", "2"], []])
+def test_a_reader_that_leaves_early_is_exit_141(ckpt, extra, unbuffered):
+    """`sample -n 300000 [--json] | head -c 10`: one large write into a pipe whose reader
+    exits; also under PYTHONUNBUFFERED, whose raw stdout used to drop the rest of the
+    partial write and exit 0 with the output cut."""
+    env = dict(_env(), PYTHONUNBUFFERED=unbuffered)
+    p = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", str(ckpt), "-n", "300000",
+                          "--seed", "1", *extra], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    try:
+        assert len(p.stdout.read(10)) == 10
+    finally:
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=120)
+        p.stderr.close()
+    assert p.returncode == 141 and b"Error" not in err and b"Traceback" not in err, err
+
+
+def test_unbuffered_stdout_is_written_whole(ckpt):
+    env = dict(_env(), PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "charrnn", "sample", str(ckpt), "-n", "200000", "--seed",
+            "2", "--json"]
+    a = subprocess.run(args, capture_output=True, env=env, timeout=120)
+    b = subprocess.run(args, capture_output=True, env=dict(env, PYTHONUNBUFFERED=""),
+                       timeout=120)
+    assert a.returncode == b.returncode == 0
+    assert a.stdout == b.stdout and len(json.loads(a.stdout)["text"]) == 200000
+
+
 def test_a_shared_prime_is_run_once_and_copied():
     m = _model(dtype="float64", cell="gru")
     prime = m.vocab.encode("the quick", what="prime").astype(np.int64)

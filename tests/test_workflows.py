@@ -367,6 +367,50 @@ def test_signal_during_a_validation_pass_stops_at_once(sig, tmp_path, big_val):
     assert _info(run / "latest.safetensors")["training"]["iteration"] == 2
 
 
+def test_a_final_evaluation_cut_by_a_signal_is_made_on_the_next_run(tmp_path, big_val):
+    """Ctrl-C during the last validation pass; the same command again scores it, keeps
+    best, writes the record, and the run then has nothing to do."""
+    run = tmp_path / "run"
+    cmd = ["train", str(big_val), "-o", str(run), "--layers", "1", "--hidden", "128",
+           "--eval-every", "1", "--max-iters", "2"]
+    p = subprocess.Popen([sys.executable, "-m", "charrnn", *cmd], stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, CHARRNN_THREADS="2"))
+    try:
+        for line in p.stderr:                  # step 2 (the last) is in its validation
+            if line.startswith("iter 1 "):
+                break
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        rest = p.stderr.read()
+        code = p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert code == 130, rest
+    assert _info(run / "latest.safetensors")["training"]["iteration"] == 2
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1]
+
+    r = run_cli(*cmd, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "its final validation pass was interrupted; scoring it now" in r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    assert done["stopped"] == "max_iters" and done["iteration"] == 2
+    assert done["val_loss"] is not None
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [1, 2]
+    assert records[1]["train_loss"] is None and records[1]["val_loss"] == \
+        pytest.approx(done["val_loss"], abs=1e-6)
+    latest = _info(run / "latest.safetensors")["training"]
+    assert latest["iteration"] == 2
+    best = _info(run / "best.safetensors")["training"]
+    assert best["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in records))
+
+    r = run_cli(*cmd)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stderr
+
+
 _POISON = """
 import sys
 import numpy as np

@@ -23,7 +23,7 @@ from gettext import gettext
 
 import click
 
-from .. import __version__
+from .. import __version__, console
 from ..errors import CharrnnError, ExitStatus
 
 
@@ -167,6 +167,7 @@ def main(argv=None) -> None:
     from ..kernels.runtime import tune_environment
 
     tune_environment()
+    console.whole_writes()
     debug = _debug_requested(argv)
     try:
         rv = cli.main(args=argv, prog_name="charrnn", standalone_mode=False)

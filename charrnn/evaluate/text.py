@@ -69,21 +69,34 @@ def iter_text(names, read_bytes: int = READ_BYTES, eager: bool = False,
     an InputError with its offset when ``errors`` is "strict", a leading byte order mark
     is dropped, a NUL byte near the start is refused as binary).  ``eager`` returns
     whatever a pipe has ready (``read1``) instead of waiting for ``read_bytes``, so a
-    slow writer's lines are answered as they come."""
+    slow writer's lines are answered as they come; its reads start at 4 KiB and double
+    up to ``read_bytes``, so a fast writer's first lines are answered at once too."""
     from ..store.text import codec_name, decode_stream
 
     codec_name(encoding)                   # an unknown encoding before anything is read
     for name in names:
         f, shown, close = _open_input(name)
         try:
-            reader = getattr(f, "read1", f.read) if eager else f.read
-            blocks = iter(lambda: reader(read_bytes), b"")
+            blocks = _eager_blocks(f, read_bytes) if eager else \
+                iter(lambda: f.read(read_bytes), b"")
             for _raw, text in decode_stream(blocks, shown, encoding, errors):
                 if text:
                     yield text
         finally:
             if close:
                 f.close()
+
+
+def _eager_blocks(f, read_bytes: int):
+    """What ``f`` has ready, in reads of 4 KiB growing to ``read_bytes``."""
+    reader = getattr(f, "read1", f.read)
+    size = min(4096, read_bytes)
+    while True:
+        block = reader(size)
+        if not block:
+            return
+        yield block
+        size = min(2 * size, read_bytes)
 
 
 def warn_unknown(score: Score, vocab, warn) -> None:

@@ -62,8 +62,8 @@ class _Window:
         self.loss_sum += loss
         self.n += 1
 
-    def mean(self) -> float:
-        return self.loss_sum / max(self.n, 1)
+    def mean(self) -> float | None:
+        return self.loss_sum / self.n if self.n else None
 
     def chars_per_sec(self, chars_per_step: int) -> float:
         span = time.monotonic() - self.start
@@ -120,6 +120,7 @@ class Trainer:
                 raise CheckpointError(f"{self.files.latest}: not a training checkpoint "
                                       "(it has no training state); use --restart")
         self.latest_saved = ck is not None       # a latest of this run exists
+        self.resumed_stop = None                 # why the invocation that saved it stopped
         if ck is not None:
             resume.resume(self, ck, mcfg, tcfg)
         else:
@@ -237,7 +238,7 @@ class Trainer:
             return stopped, None
         if val is not None and not math.isfinite(val):
             raise _divergence(self.files.latest, val, lr, self.iteration, "validation loss")
-        metric = val if val is not None else window.mean()
+        metric = val if val is not None else (window.mean() or 0.0)
         self.last_val = val
         if metric < self.best_val:
             self.best_val, self.best_iter, self.bad_evals = metric, self.iteration, 0
@@ -267,6 +268,8 @@ class Trainer:
         self.model.recompute_steps = recompute_chunk(self.hi - self.lo) if t.low_memory else 0
         start_iter = self.iteration
         stopped = self._done(None)
+        if stopped is not None and self.final_eval_owed():
+            return _owed_evaluation(self, stopped)
         if stopped is not None:
             return self._nothing_to_do(stopped)
         console.log(self.describe() if self.comm.alone else
@@ -326,6 +329,11 @@ class Trainer:
                 128 + signum)
         return summary
 
+    def final_eval_owed(self) -> bool:
+        """A signal stopped the last invocation at the run's limit, before its final
+        validation pass was recorded (a signal skips or abandons that pass)."""
+        return self.resumed_stop == "signal" and self.val_tokens.shape[0] >= 2
+
     def _nothing_to_do(self, stopped: str) -> dict:
         """The run is already past its limits: one line, and latest rewritten only to
         record a corpus change (so `charrnn info` shows the corpus it will train on)."""
@@ -339,6 +347,33 @@ class Trainer:
         summary["saved"] = self.data_changed
         summary["nothing_to_do"] = True
         return summary
+
+
+def _owed_evaluation(tr: Trainer, stopped: str) -> dict:
+    """Finish a run that reached its limit but was stopped by a signal before its final
+    evaluation: score validation now, keep an improvement as best, save latest with the
+    limit as its stop reason, record and publish, as the uninterrupted run would have."""
+    if tr.rank0:
+        console.log(f"{tr.files.dir} reached its limit at iteration {tr.iteration}, but "
+                    "its final validation pass was interrupted; scoring it now")
+    if tr.rescore_pending:
+        rescore_best(tr, "the new validation split")
+    tr._warm_up()
+    clock = Clock(0, val_chars=int(tr.val_tokens.shape[0]),
+                  step_chars=tr.tcfg.batch_size * tr.tcfg.seq_len)
+    with Signals() as sig, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        stopped, pending = tr._evaluation(clock, sig, _Window(), tr._lr(clock), stopped)
+        tr.save_latest(stopped)
+    if pending is not None:
+        records.publish_record(tr, pending, None)
+    if tr.publish_pending and tr.rank0:
+        tr.publish_pending = False
+        tr.files.publish_best()
+    if stopped == "signal":
+        raise Interrupted(f"stopped by {signal.Signals(sig.received).name} during the "
+                          f"final validation pass; saved {tr.files.latest} (run the same "
+                          "command again to finish)", 128 + sig.received)
+    return records.summary(tr, stopped, tr.iteration, clock.start)
 
 
 def train(mcfg: ModelConfig, tcfg: TrainConfig, opts: RunOptions) -> dict:

@@ -37,7 +37,8 @@ def publish_record(tr, rec: dict, bar) -> None:
         tr.opts.emit(dict(rec, event="eval"))
     val = ("" if rec["val_loss"] is None
            else f" val {rec['val_loss']:.4f} (bpc {rec['val_bpc']:.3f})")
-    line = (f"iter {rec['iter']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f}"
+    loss = "-" if rec["train_loss"] is None else f"{rec['train_loss']:.4f}"
+    line = (f"iter {rec['iter']} epoch {rec['epoch']:.2f} loss {loss}"
             f"{val} lr {rec['lr']:.3g} {rec['chars_per_sec']:,.0f} chars/s")
     if bar is not None:
         bar.write(line)

@@ -133,6 +133,7 @@ def resume(tr, ck, mcfg: ModelConfig, tcfg: TrainConfig) -> None:
         tr.elapsed = float(ts.get("elapsed", 0.0))
         tr.chars_seen = int(ts.get("chars_seen", 0))
         tr.last_val = ts.get("last_val_loss")
+        tr.resumed_stop = ts.get("stopped")
         bg = np.random.PCG64()
         bg.state = ts["rng"]
         tr.rng = np.random.Generator(bg)
