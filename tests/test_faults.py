@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -261,6 +262,25 @@ def test_eval_lines_answers_an_endless_fast_stdin_at_once(trained):
         yes.wait()
     assert all(ln.endswith(b"\ty\n") and ln.count(b"\t") == 2 for ln in got), got
     assert code in (0, 141) and "Traceback" not in err and "Error" not in err, err
+
+
+def test_ctrl_c_is_one_error_line(trained):
+    """Ctrl-C while a command waits (here eval --lines on a pipe) is exactly one line on
+    stderr, exit 130 (click used to print an empty line first)."""
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "eval", str(trained), "--lines"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, CHARRNN_THREADS="1"))
+    try:
+        proc.stdin.write(b"the first line\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().endswith(b"\tthe first line\n")   # now it waits
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert err.decode() == "Error: interrupted\n"
 
 
 def test_eager_reads_start_small_and_grow():

@@ -71,6 +71,7 @@ def test_stdin_through_a_real_pipe(tmp_path):
     r = run_cli("prepare", "-", "-o", tmp_path / "d", "--json", input=text)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["chars"] == len(text)
+    assert r.stdout.count("\n") == 1          # one JSON line, like every --json
 
 
 @pytest.mark.parametrize("case", ["missing", "utf8", "binary", "empty", "val", "foreign"])
@@ -210,3 +211,15 @@ def test_killed_prepare_leaves_no_complete_looking_directory(tmp_path, existing)
     assert r.returncode == 0, r.stderr
     _only(tmp_path, "in.txt", "d")
     assert Dataset(out).counts["train"] + Dataset(out).counts["val"] == len(src.read_text())
+
+
+@pytest.mark.parametrize("below", ["sub", "a/b"])
+def test_output_under_a_file_says_so(tmp_path, below):
+    """`prepare -o notes.txt/sub`: one Error line naming the cause, nothing left behind."""
+    src = tmp_path / "notes.txt"
+    src.write_text(make_text(2000))
+    r = run_cli("prepare", src, "-o", f"{src}/{below}")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (f"Error: {src}/{below}: cannot create the data directory (a part of "
+                        "the path is a file, not a folder)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

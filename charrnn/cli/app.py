@@ -87,8 +87,19 @@ class LazyCommands(MutableMapping):
         return len(set(self._loaded) | set(self._lazy))
 
 
+class _CtrlC(Exception):
+    """Ctrl-C during a command, carried past click (which would print an empty line on
+    stderr before its Abort) to main()."""
+
+
 class LazyGroup(click.Group):
     """A group whose command list (``--help``) needs none of the commands' modules."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _CtrlC() from e
 
     def format_commands(self, ctx: click.Context, formatter) -> None:
         """click's own list (Group.format_commands), where a command not imported yet
@@ -183,9 +194,11 @@ def main(argv=None) -> None:
     except click.ClickException as e:  # usage errors: exit 2 with click's message
         e.show()
         code = e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, _CtrlC):
         if debug:
             raise
+        if console.stderr_is_tty():
+            sys.stderr.write("\n")                 # past the terminal's "^C"
         _error_line("interrupted")
         code = ExitStatus.SIGINT
     except BrokenPipeError:

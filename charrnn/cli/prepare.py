@@ -42,7 +42,7 @@ def command(ctx, inputs, corpus, output, force, list_corpora, as_json, **values)
         from ..store import corpora
         rows = corpora.list_corpora()
         if as_json:
-            click.echo(json.dumps(rows, indent=1))
+            click.echo(json.dumps(rows, ensure_ascii=False))
         else:
             click.echo(corpora.format_table(rows))
         return
@@ -62,7 +62,7 @@ def command(ctx, inputs, corpus, output, force, list_corpora, as_json, **values)
     with stop_on_sigterm("prepare"):
         summary = prepare(list(inputs), output, cfg, corpus=corpus, force=force)
     if as_json:
-        click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
+        click.echo(json.dumps(summary, ensure_ascii=False))
     else:
         from ..console import log
         for line in format_summary(summary):

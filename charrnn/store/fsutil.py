@@ -89,6 +89,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def make_dirs(path, shown, what: str) -> None:
+    """``mkdir -p path``; a failure is one InputError about ``shown`` (the path as the
+    user gave it) saying why, e.g. that a part of the path is a file."""
+    from ..errors import InputError
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        # mkdir -p over a file says EEXIST (the file's own level) or ENOTDIR (below it)
+        why = "a part of the path is a file, not a folder" \
+            if e.errno in (errno.ENOTDIR, errno.EEXIST) else os_message(e)
+        raise InputError(f"{shown}: cannot create {what} ({why})") from None
+
+
 def make_temp(directory, name: str) -> tuple[int, Path]:
     """A new temporary file ``.NAME.tmp-PID-RANDOM`` in ``directory`` (the naming
     :func:`remove_stale_temps` reads): ``tempfile.mkstemp``, so ``O_CREAT|O_EXCL`` with

@@ -31,7 +31,7 @@ from ..config import DataConfig
 from ..errors import DiskFullError, InputError, VocabError
 from ..units import fmt_bytes
 from . import outdir
-from .fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, os_message
+from .fsutil import atomic_write_bytes, atomic_write_text, fsync_dir, make_dirs, os_message
 from .meta import DATA_FILES, DATA_FORMAT, DATA_VERSION, NCODEPOINTS, SPLITS, has_surrogates
 from .sources import Source, resolve
 from .spool import free_bytes, spool
@@ -241,7 +241,7 @@ def prepare(inputs, out_dir, cfg: DataConfig | None = None, *, corpus: str | Non
     while not p.exists():
         created.append(p)
         p = p.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(parent, shown_out, "the data directory")
     outdir.remove_stale(out)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import console
 from ..errors import InputError, LockError
-from ..store.fsutil import pid_alive
+from ..store.fsutil import make_dirs, pid_alive
 
 LOCK_NAME = ".lock"
 # How long an empty/unreadable lock file may be "being written" before it is stale.
@@ -85,12 +85,7 @@ def make_run_dir(run_dir: Path) -> None:
                          "does not exist")
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"{run_dir}: exists and is not a directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        why = {errno.ENOTDIR: "a part of the path is a file, not a folder"}.get(
-            e.errno, e.strerror or str(e))
-        raise InputError(f"{run_dir}: cannot create the run directory ({why})") from None
+    make_dirs(run_dir, run_dir, "the run directory")
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise InputError(f"{run_dir}: cannot write in the run directory (permission denied)")
 
