@@ -84,7 +84,8 @@ def charrnn_sample(c) -> dict:
     from charrnn.sampling import Sampler
 
     model = charrnn_model(c)
-    s = Sampler(model, num_streams=c["streams"], temperature=1.0, seed=1)
+    s = Sampler(model, num_streams=c["streams"], temperature=1.0, seed=1,
+                weights=c.get("weights", "float32"))
     n = c["n"]
     s.generate(min(n, 200))                          # compile/warm
     best = float("inf")

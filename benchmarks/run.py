@@ -42,6 +42,9 @@ SAMPLE = [  # name, L, H, streams, chars per stream
     ("LSTM 3x512, 1 stream", 3, 512, 1, 500),
     ("LSTM 2x256, 32 streams", 2, 256, 32, 500),
 ]
+#: `sample --weights`: one stream of LSTM 3x512 (L, H, chars), each weights in turn a round
+WEIGHTS_SAMPLE = (3, 512, 500)
+WEIGHTS = ("float32", "bf16", "int8")
 
 
 def worker(framework: str, kind: str, cfg: dict) -> dict:
@@ -192,6 +195,18 @@ def main() -> None:
             if torch_ok else None, a.rounds, rates=True)
         sample_rows.append((name, ours, theirs, rr))
         log(f"sample {name}: charrnn {ours:,.0f} chars/s, torch {theirs or 0:,.0f}")
+    # ---- sampling with reduced weights: float32, bf16 and int8 in turn, fresh processes
+    L, H, n = WEIGHTS_SAMPLE
+    w_rates = {w: [] for w in WEIGHTS}
+    for _ in range(a.rounds):
+        for w in WEIGHTS:
+            r = worker("charrnn", "sample", dict(threads=th, repeats=3, cell="lstm", L=L, H=H,
+                                                 V=V, streams=1, n=n, weights=w))
+            w_rates[w].append(r["chars"] / r["sec"])
+    weight_rows = [(w, statistics.median(w_rates[w]),
+                    [x / f for x, f in zip(w_rates[w], w_rates["float32"])]) for w in WEIGHTS]
+    log("sample --weights, LSTM 3x512, 1 stream: " + ", ".join(
+        f"{w} {cps:,.0f} chars/s" for w, cps, _ in weight_rows))
 
     # ---- memory
     c = dict(threads=th, cell="lstm", L=2, H=512, B=50, T=100, V=V)
@@ -286,6 +301,18 @@ def main() -> None:
     for name, ours, theirs, rr in sample_rows:
         lines.append(f"| {name} | {num(ours)} | {num(theirs)} | {ratio(ours, theirs)} | "
                      f"{spread(rr)} |")
+    lines += [
+        "",
+        f"## Sampling with `--weights`, LSTM {L}x{H}, 1 stream, characters/second",
+        "",
+        "(float32, bf16 and int8 in turn, a fresh process each, every round; the ratio is "
+        "each round's own, to that round's float32.)",
+        "",
+        "| weights | charrnn | ratio to float32 (median) | rounds' ratios |",
+        "|---|---|---|---|",
+        *[f"| {w} | {num(cps)} | {statistics.median(rr):.2f}x | {spread(rr)} |"
+          for w, cps, rr in weight_rows],
+    ]
     lines += [
         "",
         "## Memory and start-up",

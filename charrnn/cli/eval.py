@@ -6,7 +6,7 @@ import sys
 import click
 
 from .options import (checkpoint_argument, given, json_option, threads_option,
-                      use_threads)
+                      use_threads, weights_option)
 from .dataopts import decoding_options
 
 
@@ -71,11 +71,12 @@ def _nothing_to_score(inputs, lines: bool, only_unknown: bool = False):
                    "8192 characters starts from a fresh state after reading the 256 "
                    "before it). 1: one exact pass.")
 @decoding_options
+@weights_option
 @json_option
 @threads_option
 @click.pass_context
-def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, as_json,
-            threads, encoding, errors):
+def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, weights,
+            as_json, threads, encoding, errors):
     """Score text with the model in CKPT: loss (nats/char), bpc and perplexity.
 
     \b
@@ -92,6 +93,9 @@ def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, a
       charrnn eval run/ --lines < logs.txt | sort -rn | head
     --streams 16 scores a long text about 5x faster on 2 cores, and almost
     exactly (see the README).
+    --weights int8 (or bf16) scores with the weights `sample --weights` uses,
+    through the sampler's own step (slower than float32 here): the bpc it
+    costs.
     """
     split_given = given(ctx, "split")
     if carry and not lines:
@@ -115,6 +119,10 @@ def command(ctx, ckpt, latest, inputs, data_dir, split, lines, carry, streams, a
 
     ck = read_checkpoint(ckpt, latest)
     model = model_from_checkpoint(ck)
+    if weights != "float32":            # scored by the sampler's kernel, as it samples
+        from ..sampling.reduced import reduced_model
+
+        model = reduced_model(model, weights)
     out = sys.stdout
     if lines:
         counted = _Counting(out)

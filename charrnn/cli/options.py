@@ -17,6 +17,17 @@ def json_option(f):
                         help="Print machine-readable JSON on stdout.")(f)
 
 
+def weights_option(f):
+    """``--weights float32|bf16|int8`` (the choices are charrnn.sampling.WEIGHTS)."""
+    return click.option(
+        "--weights", type=click.Choice(["float32", "bf16", "int8"]), default="float32",
+        show_default=True,
+        help="Store the recurrent and head matrices as bfloat16 or int8 (a scale per "
+             "row) for speed: one stream of a wide model reads every weight for every "
+             "character, so fewer bytes run faster. Activations and sums stay float32.",
+    )(f)
+
+
 def seed_option(default):
     def deco(f):
         return click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1),

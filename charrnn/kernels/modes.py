@@ -40,7 +40,22 @@ class Product(IntEnum):
     """How charrnn.kernels.matmul.product multiplies inside a kernel."""
 
     ROWS = 0           # row-by-row dots (one stream)
+    THREADS = 1        # row-by-row dots, the rows split between threads (one stream)
     PACKED = 2         # the packed-weight kernel (several streams)
+
+
+class Precision(IntEnum):
+    """How the sampler's matrices are stored (charrnn.kernels.quant)."""
+
+    FLOAT = 0          # the model's own dtype
+    INT8 = 1           # int8 with a float32 scale per output row
+    BF16 = 2           # bfloat16
+
+    @classmethod
+    def of(cls, name: str) -> "Precision":
+        """The member for a --weights name ("float32", "int8", "bf16")."""
+        return {"float32": cls.FLOAT, "float": cls.FLOAT, "int8": cls.INT8,
+                "bf16": cls.BF16}[name]
 
 
 class Optimizer(IntEnum):
@@ -52,4 +67,4 @@ class Optimizer(IntEnum):
     RMSPROP = 3
 
 
-__all__ = ["Cell", "GruStep", "Inputs", "Optimizer", "Product"]
+__all__ = ["Cell", "GruStep", "Inputs", "Optimizer", "Precision", "Product"]

@@ -13,6 +13,10 @@ contiguous)::
     w_hh    (L, G*H, H)  recurrent weights;  b_hh (L, G*H)
     peep    (L, 3, H)    LSTM peepholes (zeros and ignored without them)
     head_w  (V, H), head_b (V,)
+    q_ih, s_ih, q_hh, s_hh, q_head, s_head
+            the same matrices in reduced precision for ``--weights int8|bf16``
+            (charrnn.kernels.quant: int8 or bfloat16 bits, float32 row scales);
+            w_ih, w_hh and head_w are then zero-stride stand-ins for the shapes
 
 State ``h``, ``c`` (L, N, H) (``c`` is a dummy (1, N, H) for GRU/RNN) and the next
 input ``cur`` (N,) are updated in place, so consecutive calls continue one another
@@ -21,11 +25,13 @@ same characters (the random generators are carried in ``rng`` too).
 
 One step, for every stream: feed ``cur`` through the layers (per layer one product of
 the N inputs with W_ih and one of the N states with W_hh, then one fused gate update),
-the head gives logits (V,); the next symbol is ``forced[:, t]`` while ``t < n_forced``,
+the head gives logits (V,); the next symbol is ``forced.ids[:, t]`` while ``t < n``,
 else drawn from the logits (temperature, top-k, top-p, or the argmax with ``greedy``);
 ``out_lp`` gets its log-probability under the model itself (temperature 1, no
-truncation), so the mean of ``out_lp`` is minus the loss of the text.  Forced steps
-skip the head unless ``score_forced`` (warming the state on a prime needs no logits).
+truncation), so the mean of ``out_lp`` is minus the loss of the text; a forced step
+scores ``forced.targets[:, t]`` (the same array as ``ids`` except when ``eval`` scores
+a batch whose targets are not its next inputs).  Forced steps skip the head unless
+``forced.score`` (warming the state on a prime needs no logits).
 
 Matrix products (``CellOptions.product``, by :func:`charrnn.kernels.matmul.product`):
 ``Product.ROWS`` uses row-by-row dots (a dot of every weight row with every stream's
@@ -33,7 +39,10 @@ input while that row is in L1; deterministic: a stream's numbers do not depend o
 on threads); ``Product.PACKED`` uses the packed-weight kernel with weights packed once
 per sampler (``pw_*``), for several streams (which :func:`_generate_streams` splits
 between threads, each stream's numbers again independent of N and of threads) and for
-one stream of a wide model.  The gate equations are :mod:`charrnn.kernels.gates`', the
+one stream of a wide model on one thread; ``Product.THREADS`` shares each product's
+rows between ``CellOptions.threads`` threads (one stream of a wide model).  Reduced
+weights (``CellOptions.precision`` INT8 or BF16) always take row dots, one thread or
+several (:func:`charrnn.kernels.quant.rows_product`).  The gate equations are :mod:`charrnn.kernels.gates`', the
 same code the training kernels run.
 
 Random numbers: every stream has its own xoshiro256** generator (4 uint64 words, seeded
@@ -52,7 +61,8 @@ from .gates import (argmax_row, gru_h_row, gru_n_after_row, gru_n_before_row, gr
                     gru_rz_row, log_softmax_at, log_sum_exp_shifted, lstm_row, rnn_row)
 from .jit import jit, pjit
 from .matmul import product
-from .modes import Cell, Product
+from .modes import Cell, Precision, Product
+from .quant import rows_product
 
 
 class CellOptions(NamedTuple):
@@ -64,6 +74,8 @@ class CellOptions(NamedTuple):
     use_peep: bool        # LSTM peepholes
     residual: bool
     product: Product      # charrnn.kernels.matmul.product
+    precision: Precision  # how the matrices are stored (Weights.q)
+    threads: int          # threads sharing a product's rows (THREADS, reduced)
 
 
 class Weights(NamedTuple):
@@ -81,6 +93,14 @@ class Weights(NamedTuple):
     pw_hh: np.ndarray     # (L, P, H, NR) W_hh^T (GRU "before": r, z columns)
     pw_hn: np.ndarray     # (L, P, H, NR) GRU "before": W_hn^T
     pw_head: np.ndarray   # (P, H, NR) head.weight^T
+    # the matrices in reduced precision (Precision.FLOAT: (L, 1, 1) stand-ins); a
+    # tuple of their own would not pass into numba's parallel regions
+    q_ih: np.ndarray      # (L, G*H, H) int8 or uint16 (bfloat16 bits)
+    s_ih: np.ndarray      # (L, G*H) float32 row scales (int8; ones for bf16)
+    q_hh: np.ndarray      # (L, G*H, H)
+    s_hh: np.ndarray      # (L, G*H)
+    q_head: np.ndarray    # (V, H)
+    s_head: np.ndarray    # (V,)
 
 
 class DrawOptions(NamedTuple):
@@ -104,11 +124,13 @@ class Streams(NamedTuple):
 
 class Forced(NamedTuple):
     """Symbols fed instead of drawn: ``ids`` (N, >= n) for steps t < n; with ``score``
-    their log-probabilities are computed too."""
+    the log-probabilities of ``targets`` (N, >= n) (usually ``ids`` itself) are computed
+    too."""
 
     ids: np.ndarray
     n: int
     score: bool
+    targets: np.ndarray
 
 
 # ---------------------------------------------------------------- random numbers
@@ -222,23 +244,36 @@ def _draw_repeat(z, M, draw, s, out):
 
 
 @jit
+def _mv(opts, W, PW, Q, S, X, Y):
+    """Y (N, R) = X (N, C) @ W (R, C)^T with the product mode and precision of ``opts``:
+    float weights W (PW: W^T packed) or reduced ones Q (R, C) with row scales S (R,)."""
+    if opts.precision != Precision.FLOAT:
+        rows_product(opts.precision, opts.threads, Q, S, X, Y)
+    elif opts.product == Product.THREADS:
+        rows_product(opts.precision, opts.threads, W, S, X, Y)
+    else:
+        product(opts.product, W, PW, X, Y)
+
+
+@jit
 def _layer_step(opts, wts, k, hk, ck, XP, HH, HRZ, RH, HN, Gs):
     """One step of layer k for every stream: XP (N, G*H) holds the input projection;
     the state hk (N, H) (and ck, LSTM) is updated in place."""
     H = hk.shape[1]
     N = hk.shape[0]
     b_hh = wts.b_hh[k]
+    q, s = wts.q_hh[k], wts.s_hh[k]
     if opts.cell == Cell.GRU and opts.gru_before:
-        product(opts.product, wts.w_hh[k][:2 * H], wts.pw_hh[k], hk, HRZ)
+        _mv(opts, wts.w_hh[k][:2 * H], wts.pw_hh[k], q[:2 * H], s[:2 * H], hk, HRZ)
         for n in range(N):
             gru_rz_row(HRZ[n], XP[n], b_hh, Gs[n])
             gru_reset_row(Gs[n], hk[n], RH[n])
-        product(opts.product, wts.w_hh[k][2 * H:], wts.pw_hn[k], RH, HN)
+        _mv(opts, wts.w_hh[k][2 * H:], wts.pw_hn[k], q[2 * H:], s[2 * H:], RH, HN)
         for n in range(N):
             gru_n_before_row(HN[n], XP[n], b_hh, Gs[n])
             gru_h_row(Gs[n], hk[n], hk[n])
         return
-    product(opts.product, wts.w_hh[k], wts.pw_hh[k], hk, HH)
+    _mv(opts, wts.w_hh[k], wts.pw_hh[k], q, s, hk, HH)
     for n in range(N):
         if opts.cell == Cell.LSTM:
             lstm_row(HH[n], XP[n], b_hh, wts.peep[k], opts.use_peep, ck[n], ck[n], Gs[n],
@@ -291,7 +326,7 @@ def forward_step(opts, wts, st, sc):
                 for j in range(GH):
                     xpn[j] = row[j]
         else:
-            product(opts.product, wts.w_ih[k], wts.pw_ih[k], X, XP)
+            _mv(opts, wts.w_ih[k], wts.pw_ih[k], wts.q_ih[k], wts.s_ih[k], X, XP)
             for n in range(N):
                 xpn = XP[n]
                 bk = wts.b_ih[k]
@@ -314,7 +349,7 @@ def forward_step(opts, wts, st, sc):
 @jit
 def head_logits(opts, wts, sc):
     """``sc.LOG`` (N, V) = the head applied to ``sc.X`` (N, H)."""
-    product(opts.product, wts.head_w, wts.pw_head, sc.X, sc.LOG)
+    _mv(opts, wts.head_w, wts.pw_head, wts.q_head, wts.s_head, sc.X, sc.LOG)
     V = wts.head_w.shape[0]
     for n in range(sc.LOG.shape[0]):
         zn = sc.LOG[n]
@@ -344,7 +379,7 @@ def _generate_kernel(opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
             if forced_step:
                 nxt = forced.ids[n, t]
                 m = np.float64(zn[argmax_row(zn)])
-                lp = log_softmax_at(zn, nxt, m, log_sum_exp_shifted(zn, m))
+                lp = log_softmax_at(zn, forced.targets[n, t], m, log_sum_exp_shifted(zn, m))
             else:
                 nxt, lp = _draw(zn, draw, st.rng[n], w, order)
             out_ids[n, t] = nxt
@@ -364,7 +399,7 @@ def _generate_group(g, nth, opts, wts, draw, st, forced, n_steps, out_ids, out_l
     hg = np.ascontiguousarray(st.h[:, n0:n1])                         # (L, n, H)
     cg = np.ascontiguousarray(st.c[:, n0:n1])                         # (L or 1, n, H)
     sub = Streams(hg, cg, st.cur[n0:n1], st.rng[n0:n1])
-    fg = Forced(forced.ids[n0:n1], forced.n, forced.score)
+    fg = Forced(forced.ids[n0:n1], forced.n, forced.score, forced.targets[n0:n1])
     _generate_kernel(opts, wts, draw, sub, fg, n_steps, out_ids[n0:n1], out_lp[n0:n1])
     st.h[:, n0:n1] = hg
     st.c[:, n0:n1] = cg

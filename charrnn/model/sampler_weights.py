@@ -1,6 +1,7 @@
 """The model's parameters in the layout of the generation kernel
-(:mod:`charrnn.kernels.sample`): :func:`pack_weights` copies them once per sampler, and
-:meth:`PackedWeights.pack_products` packs the matrices for the packed-weight product.
+(:mod:`charrnn.kernels.sample`): :func:`pack_weights` copies them once per sampler,
+:meth:`PackedWeights.pack_products` packs the matrices for the packed-weight product, and
+:meth:`PackedWeights.reduce` stores them in int8 or bfloat16 (:mod:`charrnn.kernels.quant`).
 
 Dimension letters: L layers, H hidden, G gates, V vocab, P panels, NR panel width.
 """
@@ -9,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import CheckpointError
+
 
 @dataclass
 class PackedWeights:
@@ -20,15 +24,48 @@ class PackedWeights:
     use_peep: bool
     residual: bool
     #: charrnn.kernels.sample.Weights (its fields say the shapes); the packed ones
-    #: (pw_*) are None until :meth:`pack_products`
+    #: (pw_*) are None until :meth:`pack_products`, the reduced ones (q_*, s_*) until
+    #: :meth:`reduce`
     arrays: tuple
+    #: charrnn.kernels.modes.Precision of the matrices (set by :meth:`reduce`)
+    precision: int = 0
 
-    def options(self, product):
-        """The kernel's CellOptions with product mode ``product`` (modes.Product)."""
+    def options(self, product, threads: int = 1):
+        """The kernel's CellOptions with product mode ``product`` (modes.Product) and
+        ``threads`` threads for the row-split products."""
         from ..kernels.sample import CellOptions
 
         return CellOptions(self.cell, self.gru_before, self.relu, self.use_peep,
-                           self.residual, product)
+                           self.residual, product, self.precision, int(threads))
+
+    def reduce(self, precision) -> None:
+        """Stores W_ih (layers 1..), W_hh and the head's weight in ``precision``
+        (modes.Precision; charrnn.kernels.quant): the float copies become zero-stride
+        stand-ins that keep only the shapes.  FLOAT: stand-ins for the reduced ones."""
+        from ..kernels.modes import Precision
+        from ..kernels.quant import quantize_bf16, quantize_int8
+
+        w = self.arrays
+        self.precision = Precision(precision)
+        L = w.w_hh.shape[0]
+        if self.precision == Precision.FLOAT:
+            self.arrays = w._replace(
+                q_ih=np.zeros((L, 1, 1), np.int8), s_ih=np.ones((L, 1), np.float32),
+                q_hh=np.zeros((L, 1, 1), np.int8), s_hh=np.ones((L, 1), np.float32),
+                q_head=np.zeros((1, 1), np.int8), s_head=np.ones(1, np.float32))
+            return
+        mats = (w.w_ih, w.w_hh, w.head_w)
+        if not all(np.isfinite(m).all() for m in mats):
+            raise CheckpointError("the model's weights are not all finite numbers, so "
+                                  "they cannot be stored in reduced precision")
+        if self.precision == Precision.INT8:
+            (q_ih, s_ih), (q_hh, s_hh), (q_hd, s_hd) = (quantize_int8(m) for m in mats)
+        else:
+            q_ih, q_hh, q_hd = (quantize_bf16(m) for m in mats)
+            s_ih, s_hh, s_hd = (np.ones(m.shape[:-1], np.float32) for m in mats)
+        self.arrays = w._replace(q_ih=q_ih, s_ih=s_ih, q_hh=q_hh, s_hh=s_hh, q_head=q_hd,
+                                 s_head=s_hd, w_ih=_shape_only(w.w_ih),
+                                 w_hh=_shape_only(w.w_hh), head_w=_shape_only(w.head_w))
 
     def weights(self):
         """The kernel's Weights (pack_products first)."""
@@ -64,6 +101,11 @@ class PackedWeights:
             pw_hh = pw_hn = stack([w.w_hh[k].T for k in range(L)])
         self.arrays = w._replace(pw_ih=pw_ih, pw_hh=pw_hh, pw_hn=pw_hn,
                                  pw_head=pack(w.head_w.T))
+
+
+def _shape_only(a: np.ndarray) -> np.ndarray:
+    """An array of a's shape and dtype that holds one element (every stride 0)."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, a.dtype), a.shape, (0,) * a.ndim)
 
 
 def pack_weights(model) -> PackedWeights:
@@ -105,7 +147,8 @@ def pack_weights(model) -> PackedWeights:
                        w_hh=w_hh, b_hh=b_hh, peep=peep,
                        head_w=np.ascontiguousarray(p["head.weight"]),
                        head_b=np.ascontiguousarray(p["head.bias"]), pw_ih=None, pw_hh=None,
-                       pw_hn=None, pw_head=None))
+                       pw_hn=None, pw_head=None, q_ih=None, s_ih=None, q_hh=None,
+                       s_hh=None, q_head=None, s_head=None))
 
 
 __all__ = ["PackedWeights", "pack_weights"]

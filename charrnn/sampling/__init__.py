@@ -21,6 +21,9 @@ Conventions (the ``charrnn sample`` command documents them too):
 * Log-probabilities are the model's own (temperature 1, no top-k/top-p), in nats;
   ``mean_logprob`` is minus the model's loss on the generated text.
 * Beam search (``--beam N``, deterministic) is :mod:`charrnn.sampling.beam`.
+* ``weights`` "int8" or "bf16" (``--weights``) stores the recurrent and head matrices in
+  reduced precision (:mod:`charrnn.kernels.quant`); :mod:`charrnn.sampling.reduced`
+  scores text with them for ``eval --weights``.
 """
 from __future__ import annotations
 
@@ -74,14 +77,19 @@ class Sampler:
 
     def __init__(self, model, num_streams: int = 1, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, greedy: bool = False, seed: int = 0,
-                 blas: bool | None = None, first_stream: int = 0):
+                 blas: bool | None = None, first_stream: int = 0, weights: str = "float32",
+                 product=None):
         if num_streams < 1:
             raise ConfigError(f"num_samples must be >= 1 (got {num_streams})")
         SampleConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                      greedy=bool(greedy), seed=int(seed)).validate()
         from ..kernels import sample as KS
-        from ..kernels.modes import Product
+        from ..kernels.modes import Precision, Product
 
+        if weights not in WEIGHTS:
+            raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)} (got {weights!r})")
+        self.weights = weights
+        precision = Precision.of(weights)
         self._k = KS
         self.model = model
         self.N = int(num_streams)
@@ -90,19 +98,26 @@ class Sampler:
         self.top_k = int(top_k)
         self.top_p = float(top_p)
         self.greedy = bool(greedy)
-        if blas is None:
-            blas = auto_blas(model.config.hidden_size, num_streams)
-        # the product mode of the kernel (charrnn.kernels.matmul.product): the
-        # packed-weight kernel (several streams in groups on numba's threads, or one
-        # stream of a wide model), else row-by-row dots
-        self.product = Product.PACKED if blas else Product.ROWS
         from ..kernels import runtime
         runtime.configure_threads(runtime.threads())   # also limits BLAS loaded since
+        # the product mode of the kernel (charrnn.kernels.sample._mv): the packed-weight
+        # kernel (several streams in groups on numba's threads), row dots split between
+        # the threads (one stream of a wide model; every reduced precision), else
+        # row-by-row dots on one thread
+        if precision != Precision.FLOAT:
+            product = Product.THREADS
+        elif product is None:
+            product = (auto_product(model.config.hidden_size, self.N) if blas is None
+                       else Product.PACKED if blas else Product.ROWS)
+        self.product = Product(product)
         self.groups = 1
-        if self.product == Product.PACKED:
+        if self.product != Product.ROWS:
             self.groups = max(1, min(runtime.numba_threads(), self.N // STREAMS_PER_THREAD))
+        # threads of one product: never inside the groups' own parallel region
+        self.threads = runtime.numba_threads() if self.groups == 1 else 1
         self.w = pack_weights(model)
         self.w.pack_products(self.product == Product.PACKED)
+        self.w.reduce(precision)
         cfg = model.config
         L, H = cfg.num_layers, cfg.hidden_size
         self.h = np.zeros((L, self.N, H), model.dtype)                      # (L, N, H)
@@ -111,16 +126,17 @@ class Sampler:
         self.rng = seed_streams(seed, self.N, first_stream)                  # (N, 4)
         self._no_forced = np.zeros((self.N, 1), np.int64)                    # (N, 1)
 
-    def _run(self, forced, n_forced: int, score_forced: bool, n_steps: int):
+    def _run(self, forced, n_forced: int, score_forced: bool, n_steps: int, targets=None):
         out_ids = np.zeros((self.N, max(n_steps, 1)), np.int64)             # (N, S)
         out_lp = np.zeros((self.N, max(n_steps, 1)), np.float64)            # (N, S)
         if n_steps > 0:
             self._check_start()
             K = self._k
-            args = (self.w.options(self.product), self.w.weights(),
+            args = (self.options(), self.w.weights(),
                     K.DrawOptions(self.temperature, self.top_k, self.top_p, self.greedy),
                     K.Streams(self.h, self.c, self.cur, self.rng),
-                    K.Forced(forced, int(n_forced), bool(score_forced)), int(n_steps),
+                    K.Forced(forced, int(n_forced), bool(score_forced),
+                             forced if targets is None else targets), int(n_steps),
                     out_ids, out_lp)
             if self.groups > 1:
                 K._generate_streams(self.groups, *args)
@@ -132,6 +148,10 @@ class Sampler:
     def blas(self):
         """The product mode (its old name)."""
         return self.product
+
+    def options(self):
+        """The kernel's CellOptions for this sampler's product mode and threads."""
+        return self.w.options(self.product, self.threads)
 
     def _check_start(self) -> None:
         """The ids the kernel reads first must index the weights, whatever a checkpoint
@@ -161,7 +181,7 @@ class Sampler:
         """:meth:`prime` with the ids given as successive arrays, each fed in pieces of
         at most PRIME_PIECE: memory stays bounded however long the prime is."""
         if self.N > 1:
-            one = Sampler(self.model, 1, blas=auto_blas(self.model.config.hidden_size, 1))
+            one = Sampler(self.model, 1, weights=self.weights)
             one.prime_pieces(pieces)
             self.h[...] = one.h                                             # (L, N, H)
             self.c[...] = one.c
@@ -207,14 +227,23 @@ STREAMS_PER_THREAD = 4
 PRIME_PIECE = 1 << 16
 
 
-def auto_blas(H: int, N: int, threads: int | None = None) -> bool:
-    """Row-by-row dots for one stream of a model up to 256 wide or on one thread; the
-    packed-weight kernel for several streams (Sampler) and for one stream of a wider
-    model on several threads (where BLAS gemv through scipy was once used)."""
+#: the choices of ``weights`` (``--weights``)
+WEIGHTS = ("float32", "bf16", "int8")
+
+
+def auto_product(H: int, N: int, threads: int | None = None):
+    """The product mode (charrnn.kernels.modes.Product) for N streams of a model H wide:
+    the packed-weight kernel for several streams; for one, row dots, split between the
+    threads for a model wider than 256 on several threads (where BLAS gemv through
+    scipy was once used)."""
+    from ..kernels.modes import Product
+
     if threads is None:
         from ..kernels import runtime
         threads = runtime.threads()
-    return N > 1 or (H > 256 and threads > 1)
+    if N > 1:
+        return Product.PACKED
+    return Product.THREADS if H > 256 and threads > 1 else Product.ROWS
 
 
 def _greedy_at_zero(greedy, temperature) -> tuple[bool, float]:
@@ -338,7 +367,8 @@ def _prime_pieces(vocab, prime: str, warn=None):
 def generate_text(model, length: int, prime: str = "", num_samples: int = 1,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   greedy: bool = False, seed: int = 0, stop: str | None = None,
-                  chunk: int = CHUNK, blas: bool | None = None, warn=None):
+                  chunk: int = CHUNK, blas: bool | None = None, warn=None,
+                  weights: str = "float32"):
     """Generate ``num_samples`` samples of ``length`` characters as one batch.
 
     Checks the arguments and primes the state at once (errors are raised here), then
@@ -354,7 +384,8 @@ def generate_text(model, length: int, prime: str = "", num_samples: int = 1,
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1 (got {chunk})")
     vocab = model.vocab
-    s = Sampler(model, num_samples, temperature, top_k, top_p, greedy, seed, blas)
+    s = Sampler(model, num_samples, temperature, top_k, top_p, greedy, seed, blas,
+                weights=weights)
     s.prime_pieces(_prime_pieces(vocab, prime, warn))
     return _events(s, vocab, length, prime, stop, chunk)
 
@@ -405,4 +436,4 @@ def sample_text(model, length: int, **kw) -> list[SampleResult]:
 
 __all__ = ["Sampler", "PackedWeights", "pack_weights", "seed_streams", "draw_from_logits",
            "generate_text", "sample_text", "SampleResult", "encode_prime", "default_context",
-           "CHUNK"]
+           "CHUNK", "WEIGHTS"]

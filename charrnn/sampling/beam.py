@@ -58,7 +58,7 @@ def stop_automaton(stop: str | None, itos) -> np.ndarray:
 
 def beam_search(model, length: int, beams: int = 4, prime: str = "", stop: str | None = None,
                 length_penalty: float = 0.0, chunk: int = CHUNK, blas: bool | None = None,
-                warn=None) -> list[BeamResult]:
+                warn=None, weights: str = "float32") -> list[BeamResult]:
     """Beam search with ``beams`` beams for at most ``length`` symbols each: the beams,
     best first (:class:`BeamResult`; at most ``beams``).
 
@@ -70,8 +70,10 @@ def beam_search(model, length: int, beams: int = 4, prime: str = "", stop: str |
     the search ends when the best finished beam's score is at least what every live
     beam could still reach, or at ``length``, where the live beams are ranked with the
     finished ones.  ``beams`` = 1 gives the greedy text.  Memory: the kernel's (N, V)
-    logits and (L, N, H) state copies, and 5 bytes of back-pointers a beam a step."""
+    logits and (L, N, H) state copies, and 5 bytes of back-pointers a beam a step.
+    ``weights`` "int8" or "bf16": the matrices in reduced precision (as sampling)."""
     from ..kernels import beam as KB
+    from ..kernels import runtime
     from ..kernels import sample as KS
 
     if model.vocab is None:
@@ -86,7 +88,7 @@ def beam_search(model, length: int, beams: int = 4, prime: str = "", stop: str |
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1 (got {chunk})")
     N = int(beams)
-    s = Sampler(model, N, greedy=True, blas=blas)
+    s = Sampler(model, N, greedy=True, blas=blas, weights=weights)
     s.prime_pieces(_prime_pieces(model.vocab, prime, warn))
     if length == 0:
         return [BeamResult(0, prime, "", 0.0, 0, 0.0)]
@@ -99,7 +101,8 @@ def beam_search(model, length: int, beams: int = 4, prime: str = "", stop: str |
     pool = KB.Pool(np.zeros(N), np.zeros(N), np.zeros(N, np.int64), np.zeros(N, np.int64),
                    np.zeros(N, np.int64), np.zeros(1, np.int64))
     st = KS.Streams(s.h, s.c, s.cur, s.rng)
-    opts, wts = s.w.options(s.product), s.w.weights()
+    # the beams are one batch on this thread, so a product's rows may be shared by all
+    opts, wts = s.w.options(s.product, runtime.numba_threads()), s.w.weights()
     flags = np.zeros(1, np.int64)
     par, tok = [], []                   # back-pointers, (S, N) per call
     t = 0
