@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from numba import prange
@@ -44,10 +45,27 @@ _NAMES = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_"),
 _state: dict = {}
 
 
+class Gemm(NamedTuple):
+    """One row-major CBLAS product C (M, N) = op(A) (M, K) @ B (K, N): addresses in
+    bytes, leading dimensions in elements (all integers)."""
+
+    trans: int            # 1: A is stored transposed, (K, M)
+    a: int
+    lda: int
+    b: int
+    ldb: int
+    c: int
+    ldc: int
+    M: int
+    N: int
+    K: int
+
+
 @jit
-def _gemm_range(fn, isz, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
-    """out[r0:r1] = op(A)[r0:r1] @ B, the i-th of ``parts`` row ranges; pointers in
-    bytes, leading dimensions in elements of ``isz`` bytes."""
+def _gemm_range(fn, isz, i, parts, gm):
+    """out[r0:r1] = op(A)[r0:r1] @ B, the i-th of ``parts`` row ranges of the product
+    ``gm`` (a :class:`Gemm`) of elements of ``isz`` bytes."""
+    trans, a, lda, b, ldb, c, ldc, M, N, K = gm
     r0 = M * i // parts
     r1 = M * (i + 1) // parts
     pa = a + isz * r0 if trans else a + isz * r0 * lda
@@ -59,15 +77,15 @@ def _gemm_range(fn, isz, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
 # reuse the machine code compiled for one ExternalFunctionPointer type for another's
 # pointer (float32 code handed dgemm); calls between jitted functions type exactly.
 @pjit
-def _sgemm_rows(fn, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
+def _sgemm_rows(fn, parts, gm):
     for i in prange(parts):
-        _gemm_range(fn, 4, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K)
+        _gemm_range(fn, 4, i, parts, gm)
 
 
 @pjit
-def _dgemm_rows(fn, parts, trans, a, lda, b, ldb, c, ldc, M, N, K):
+def _dgemm_rows(fn, parts, gm):
     for i in prange(parts):
-        _gemm_range(fn, 8, i, parts, trans, a, lda, b, ldb, c, ldc, M, N, K)
+        _gemm_range(fn, 8, i, parts, gm)
 
 
 def _declare(fn, real):
@@ -136,8 +154,8 @@ def _call(a, b, out, parts, lay) -> None:
     trans, lda, ldb, ldc = lay
     fn, kernel = _state["fns"][a.dtype]
     M, K = a.shape
-    kernel(fn, parts, trans, a.ctypes.data, lda, b.ctypes.data, ldb, out.ctypes.data, ldc,
-           M, b.shape[1], K)
+    kernel(fn, parts, Gemm(int(trans), a.ctypes.data, lda, b.ctypes.data, ldb, out.ctypes.data,
+                           ldc, M, b.shape[1], K))
 
 
 def _self_check() -> bool:

@@ -20,9 +20,15 @@ Conventions of the step kernels:
   pre-activations ``dxp`` (w.r.t. ``xp``) and, where it differs, ``dhh`` (w.r.t. ``hh``).
 * ``hh`` is scratch: the forward kernels overwrite it with pre-activations.
 * ``one`` is never a literal: ``a.dtype.type(1)`` keeps float32 arithmetic in float32.
+* A layer's recurrent weights and options travel as one :class:`LstmCell`,
+  :class:`GruCell` or :class:`RnnCell` (the step kernels read the bias and the options,
+  the time loops of :mod:`charrnn.kernels.steps` the packed weights too).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 from numba import prange
 
 from .activations import tanh_into
@@ -30,6 +36,57 @@ from .gates import (gru_h_row, gru_n_after_row, gru_n_before_row, gru_reset_row,
                     gru_rz_row, lstm_row, nll_row, rnn_row)
 from .jit import jit, pjit
 from .modes import GruStep
+
+
+class LstmCell(NamedTuple):
+    """An LSTM layer's recurrent weights and options, as the kernels read them."""
+
+    wp_f: np.ndarray      # W_hh^T (H, 4H) packed: h_{t-1} W_hh^T (forward loops)
+    wp_b: np.ndarray      # W_hh (4H, H) packed: d(pre)_t W_hh (backward loops)
+    b_hh: np.ndarray      # (4H,)
+    peep: np.ndarray      # (3, H) p_i, p_f, p_o; a (3, 1) stand-in without peepholes
+    use_peep: bool
+
+
+class LstmCarry(NamedTuple):
+    """What the LSTM backward step carries from one step to the one before (B rows)."""
+
+    dc: np.ndarray        # (B, H) dL/dc_t in, dL/dc_{t-1} out
+    dpeep: np.ndarray     # (B, 3H) peephole gradients, accumulated per row
+
+
+class GruCell(NamedTuple):
+    """A GRU layer's recurrent weights and options, as the kernels read them."""
+
+    before: bool          # reset "before" (Cho 2014), else "after" (PyTorch)
+    wp_f: np.ndarray      # W_hh^T packed: (H, 3H) after; its r, z columns (H, 2H) before
+    wp_n: np.ndarray      # W_hn^T (H, H) packed (before; after: a stand-in)
+    wp_b: np.ndarray      # W_hh (3H, H) packed: d(pre)_t W_hh (backward loops)
+    b_hh: np.ndarray      # (3H,)
+
+
+class GruOut(NamedTuple):
+    """What a GRU forward step writes (B rows of one step)."""
+
+    h: np.ndarray         # (B, H) h_t
+    gates: np.ndarray     # (B, 3H) r, z, n after activation
+    aux: np.ndarray       # (B, H) W_hn h_{t-1} + b_hn (after), or r * h_{t-1} (before)
+
+
+class GruDpre(NamedTuple):
+    """The pre-activation gradients a GRU backward step writes (B rows of one step)."""
+
+    dxp: np.ndarray       # (B, 3H) w.r.t. the input projection xp
+    dhh: np.ndarray       # (B, 3H) w.r.t. the recurrent product hh
+
+
+class RnnCell(NamedTuple):
+    """An Elman RNN layer's recurrent weights and options, as the kernels read them."""
+
+    relu: bool            # relu, else tanh
+    wp_f: np.ndarray      # W_hh^T (H, H) packed (forward loops)
+    wp_b: np.ndarray      # W_hh (H, H) packed (backward loops)
+    b_hh: np.ndarray      # (H,)
 
 # ---------------------------------------------------------------- LSTM (gates i, f, g, o)
 # The forward gate equations are charrnn.kernels.gates' (shared with the sampler); the
@@ -40,18 +97,18 @@ from .modes import GruStep
 
 
 @jit
-def _lstm_forward_step(xp, hh, b_hh, peep, use_peep, c_prev, h, c, gates, tc):
+def _lstm_forward_step(cell, xp, hh, c_prev, h, c, gates, tc):
     """``gates`` may be ``xp`` itself (the layer stores the activations over the
     projection it no longer needs); ``tc`` (B, H) receives tanh(c_t), scratch."""
     for b in prange(c.shape[0]):
-        lstm_row(hh[b], xp[b], b_hh, peep, use_peep, c_prev[b], c[b], gates[b], tc[b], h[b])
+        lstm_row(hh[b], xp[b], cell.b_hh, cell.peep, cell.use_peep, c_prev[b], c[b],
+                 gates[b], tc[b], h[b])
 
 
 @jit
-def _lstm_backward_step(dy, dh_mm, dc, gd, c_prev, c, tc, peep, use_peep, dpeep):
-    """dc (B, H) carries dL/dc_t in and dL/dc_{t-1} out; dpeep (B, 3H) accumulates.
-    ``gd`` (B, 4H) holds the gate activations i, f, g, o in and their pre-activation
-    gradients out.
+def _lstm_backward_step(cell, dy, dh_mm, gd, c_prev, c, tc, carry):
+    """``gd`` (B, 4H) holds the gate activations i, f, g, o in and their pre-activation
+    gradients out; ``carry`` (:class:`LstmCarry`) dL/dc and the peephole gradients.
 
     tanh(c_t) is recomputed into the scratch ``tc`` (B, H) instead of being kept from
     the forward pass.  Each row is a few simple loops over (B, H) slices, each updating
@@ -59,14 +116,15 @@ def _lstm_backward_step(dy, dh_mm, dc, gd, c_prev, c, tc, peep, use_peep, dpeep)
     the arrays stayed scalar: it could not rule out their overlap; measured 16 -> 8 us
     per step at B=25, H=256)."""
     B, H = dy.shape
+    peep, dc, dpeep = cell.peep, carry.dc, carry.dpeep
     for b in prange(B):
         tanh_into(c[b], tc[b])
         a = gd[b]
         _lstm_bwd_out(dy[b], dh_mm[b], tc[b], a[3 * H:], dc[b])
-        if use_peep:
+        if cell.use_peep:
             _lstm_bwd_peep_out(a[3 * H:], peep[2], c[b], dc[b], dpeep[b, 2 * H:])
         _lstm_bwd_ifg(a, c_prev[b], dc[b])
-        if use_peep:
+        if cell.use_peep:
             _lstm_bwd_peep_if(a, peep[0], peep[1], c_prev[b], dc[b], dpeep[b])
 
 
@@ -124,7 +182,9 @@ def _lstm_bwd_peep_if(a, p_i, p_f, cp, dc, dp):
 
 
 @jit
-def _gru_forward_step(mode, xp, hh, b_hh, h_prev, h, gates, aux):
+def _gru_forward_step(mode, xp, hh, b_hh, h_prev, out):
+    """``out`` (:class:`GruOut`): h_t, the gates and aux of the step."""
+    h, gates, aux = out
     for b in prange(h.shape[0]):
         if mode == GruStep.BEFORE_N:
             gru_n_before_row(hh[b], xp[b], b_hh, gates[b])
@@ -138,8 +198,9 @@ def _gru_forward_step(mode, xp, hh, b_hh, h_prev, h, gates, aux):
 
 
 @jit
-def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
-    """dh_dir (B, H) carries the gradient reaching h_{t-1} outside the recurrent product.
+def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dpre):
+    """dh_dir (B, H) carries the gradient reaching h_{t-1} outside the recurrent product;
+    ``dpre`` (:class:`GruDpre`) receives the pre-activation gradients.
 
     GruStep.AFTER: everything for step t.  GruStep.BEFORE_RZ (part A): dn, dz from dh_t;
     then the caller computes d(r*h) = dn_pre W_hn into ``dh_mm`` and calls
@@ -148,6 +209,7 @@ def _gru_backward_step(mode, dy, dh_mm, dh_dir, gates, aux, h_prev, dxp, dhh):
     """
     one = dh_mm.dtype.type(1)
     B, H = dh_mm.shape
+    dxp, dhh = dpre
     for b in prange(B):
         for j in range(H):
             r = gates[b, j]

@@ -13,11 +13,13 @@ Two parallel kernels, each compiled once per dtype (float32, float64):
   pass over the buffers.  The gradient buffer is only read (never clipped in place).
 
 The moment buffers that an optimizer does not use are passed as empty arrays so every
-optimizer shares one compiled kernel per dtype.
+optimizer shares one compiled kernel per dtype.  A step's scalars travel as one
+:class:`Hyper`, the moment buffers as one :class:`Moments`.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import prange
@@ -32,6 +34,30 @@ CHUNK = 8192
 
 # The optimizers update_kernel knows (charrnn.kernels.modes.Optimizer).
 ADAM, ADAMW, SGD, RMSPROP = Optimizer.ADAM, Optimizer.ADAMW, Optimizer.SGD, Optimizer.RMSPROP
+
+
+class Moments(NamedTuple):
+    """The optimizer's moment buffers over the flat parameters (n of them)."""
+
+    m1: np.ndarray        # (n,) adam/adamw exp_avg, sgd momentum_buffer, rmsprop square_avg
+    m2: np.ndarray        # (n,) adam/adamw exp_avg_sq; (0,) for the others
+
+
+class Hyper(NamedTuple):
+    """The scalars of one optimizer step (all floats; charrnn.model.optim has the
+    formulas)."""
+
+    lr: float
+    scale: float          # global-norm clipping factor (1.0 = none)
+    clip_value: float     # > 0: clamp each gradient element to [-clip_value, clip_value]
+    wd: float             # weight decay (L2, or decoupled with adamw)
+    beta1: float
+    beta2: float
+    eps: float
+    step_size: float      # adam/adamw: lr / (1 - beta1^t)
+    inv_sqrt_bc2: float   # adam/adamw: 1 / sqrt(1 - beta2^t)
+    momentum: float       # sgd
+    alpha: float          # rmsprop
 
 
 def n_chunks(n: int) -> int:
@@ -59,18 +85,18 @@ def sumsq_kernel(g, partials):
 
 
 @jit
-def _grad_and_param(gi, pi, scale, use_cv, clip_value, wd, decoupled, decay):
+def _grad_and_param(gi, pi, hp, use_cv, decoupled, decay):
     """The gradient element after global-norm scaling, clipping by value and weight
     decay (L2 in the gradient, or ``decoupled``: the parameter times ``decay``), and
     the parameter element in float64."""
-    gi = gi * scale
+    gi = gi * hp.scale
     if use_cv:
-        gi = min(max(gi, -clip_value), clip_value)
+        gi = min(max(gi, -hp.clip_value), hp.clip_value)
     pi = np.float64(pi)
     if decoupled:
         pi *= decay
     else:
-        gi += wd * pi
+        gi += hp.wd * pi
     return gi, pi
 
 
@@ -81,11 +107,12 @@ def _grad_and_param(gi, pi, scale, use_cv, clip_value, wd, decoupled, decay):
 
 
 @jit
-def _adam_chunk(p, g, m1, m2, adamw, lr, scale, use_cv, clip_value, wd, beta1, beta2, eps,
-                step_size, inv_sqrt_bc2):
-    decay = 1.0 - lr * wd
+def _adam_chunk(p, g, m1, m2, adamw, use_cv, hp):
+    decay = 1.0 - hp.lr * hp.wd
+    beta1, beta2, eps = hp.beta1, hp.beta2, hp.eps
+    step_size, inv_sqrt_bc2 = hp.step_size, hp.inv_sqrt_bc2
     for i in range(p.shape[0]):
-        gi, pi = _grad_and_param(g[i], p[i], scale, use_cv, clip_value, wd, adamw, decay)
+        gi, pi = _grad_and_param(g[i], p[i], hp, use_cv, adamw, decay)
         mi = beta1 * m1[i] + (1.0 - beta1) * gi
         vi = beta2 * m2[i] + (1.0 - beta2) * gi * gi
         m1[i] = mi
@@ -94,9 +121,10 @@ def _adam_chunk(p, g, m1, m2, adamw, lr, scale, use_cv, clip_value, wd, beta1, b
 
 
 @jit
-def _sgd_chunk(p, g, m1, use_mom, lr, scale, use_cv, clip_value, wd, momentum):
+def _sgd_chunk(p, g, m1, use_mom, use_cv, hp):
+    lr, momentum = hp.lr, hp.momentum
     for i in range(p.shape[0]):
-        gi, pi = _grad_and_param(g[i], p[i], scale, use_cv, clip_value, wd, False, 1.0)
+        gi, pi = _grad_and_param(g[i], p[i], hp, use_cv, False, 1.0)
         if use_mom:
             bi = momentum * m1[i] + gi
             m1[i] = bi
@@ -105,38 +133,38 @@ def _sgd_chunk(p, g, m1, use_mom, lr, scale, use_cv, clip_value, wd, momentum):
 
 
 @jit
-def _rmsprop_chunk(p, g, m1, lr, scale, use_cv, clip_value, wd, alpha, eps):
+def _rmsprop_chunk(p, g, m1, use_cv, hp):
+    lr, alpha, eps = hp.lr, hp.alpha, hp.eps
     for i in range(p.shape[0]):
-        gi, pi = _grad_and_param(g[i], p[i], scale, use_cv, clip_value, wd, False, 1.0)
+        gi, pi = _grad_and_param(g[i], p[i], hp, use_cv, False, 1.0)
         si = alpha * m1[i] + (1.0 - alpha) * gi * gi
         m1[i] = si
         p[i] = pi - _div(lr * gi, math.sqrt(si) + eps)
 
 
 @pjit
-def update_kernel(p, g, m1, m2, kind, lr, scale, clip_value, wd,
-                  beta1, beta2, eps, step_size, inv_sqrt_bc2, momentum, alpha):
-    """One optimizer step on the flat buffers (see charrnn.model.optim for the formulas).
+def update_kernel(kind, p, g, moments, hp):
+    """One ``kind`` (:class:`~charrnn.kernels.modes.Optimizer`) step on the flat
+    parameters ``p`` (n,) with their gradient ``g`` (n,), the :class:`Moments` and the
+    :class:`Hyper` scalars (see charrnn.model.optim for the formulas).
 
-    ``scale`` multiplies the gradient (global-norm clipping; 1.0 = none), then
-    ``clip_value`` > 0 clamps each element.  ``m1``/``m2`` are the moment buffers:
-    adam/adamw (exp_avg, exp_avg_sq), sgd (momentum_buffer, unused), rmsprop
-    (square_avg, unused); an unused one is an empty array.
+    ``hp.scale`` multiplies the gradient (global-norm clipping; 1.0 = none), then
+    ``hp.clip_value`` > 0 clamps each element.  The moment buffers: adam/adamw
+    (exp_avg, exp_avg_sq), sgd (momentum_buffer, unused), rmsprop (square_avg, unused);
+    an unused one is an empty array.
     """
+    m1, m2 = moments
     n = p.shape[0]
     nc = (n + CHUNK - 1) // CHUNK
-    use_cv = clip_value > 0.0
+    use_cv = hp.clip_value > 0.0
     use_mom = m1.shape[0] == n
     for c in prange(nc):
         lo = c * CHUNK
         hi = min(lo + CHUNK, n)
         if kind == Optimizer.ADAM or kind == Optimizer.ADAMW:   # L2 / decoupled decay
             _adam_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], kind == Optimizer.ADAMW,
-                        lr, scale, use_cv, clip_value, wd, beta1, beta2, eps, step_size,
-                        inv_sqrt_bc2)
+                        use_cv, hp)
         elif kind == Optimizer.SGD:       # with momentum (torch semantics, dampening 0)
-            _sgd_chunk(p[lo:hi], g[lo:hi], m1[lo:hi] if use_mom else m1, use_mom, lr, scale,
-                       use_cv, clip_value, wd, momentum)
+            _sgd_chunk(p[lo:hi], g[lo:hi], m1[lo:hi] if use_mom else m1, use_mom, use_cv, hp)
         else:                             # rmsprop, char-rnn / torch-optim flavour
-            _rmsprop_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], lr, scale, use_cv, clip_value,
-                           wd, alpha, eps)
+            _rmsprop_chunk(p[lo:hi], g[lo:hi], m1[lo:hi], use_cv, hp)

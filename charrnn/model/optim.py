@@ -160,11 +160,12 @@ class Optimizer:
         else:
             kind = k.RMSPROP
             m1 = self._buffers["square_avg"]
-        k.update_kernel(params_flat, grad_flat, m1, m2, kind, lr, scale,
-                        float(cfg.clip_value), float(cfg.weight_decay),
-                        float(cfg.beta1), float(cfg.beta2), float(cfg.eps),
-                        step_size, inv_sqrt_bc2, float(cfg.momentum),
-                        float(cfg.rmsprop_alpha))
+        hp = k.Hyper(lr=lr, scale=float(scale), clip_value=float(cfg.clip_value),
+                     wd=float(cfg.weight_decay), beta1=float(cfg.beta1),
+                     beta2=float(cfg.beta2), eps=float(cfg.eps), step_size=float(step_size),
+                     inv_sqrt_bc2=float(inv_sqrt_bc2), momentum=float(cfg.momentum),
+                     alpha=float(cfg.rmsprop_alpha))
+        k.update_kernel(kind, params_flat, grad_flat, k.Moments(m1, m2), hp)
         return norm
 
     # ------------------------------------------------------------------ state

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...kernels import runtime
 from ...kernels import steps as S
+from ...kernels.cells import GruCell, GruOut
 from ...kernels.matmul import matmul
 from ...kernels.modes import GruStep
 from ...kernels.packed import packed, packed_shape
@@ -77,14 +78,23 @@ class GRULayer(Layer):
         packed(w_t[:, :2 * H], ws.pack_fwd["w_hh_t"])
         packed(w_t[:, 2 * H:], ws.pack_fwd["w_hn_t"])
 
-    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+    def _cell(self, ws: Workspace, p: LayerParams) -> GruCell:
+        wp_n = ws.pack_fwd["w_hn_t" if self.before else "w_hh_t"]
+        return GruCell(self.before, ws.pack_fwd["w_hh_t"], wp_n, ws.pack_bwd["w_hh"], p.b_hh)
+
+    def _scratch(self, ws: Workspace) -> S.GruScratch:
         if self.before:
-            hh, hn, wp_n = ws.hrz, ws.hn, ws.pack_fwd["w_hn_t"]
-        else:
-            hh, hn, wp_n = ws.hh, ws.hh, ws.pack_fwd["w_hh_t"]
-        self._run(ws, S._gru_forward_steps, S._gru_forward_rows, self.before, t0, t1,
-                  self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"], wp_n,
-                  p.b_hh, ws.hs, ws.gates, ws.aux, hh, hn)
+            return S.GruScratch(ws.hrz, ws.hn, ws.drh)
+        return S.GruScratch(ws.hh, ws.hh, ws.dh_mm)     # hn and drh: stand-ins
+
+    @staticmethod
+    def _saved(ws: Workspace) -> S.GruSaved:
+        return S.GruSaved(ws.xp, ws.hs, ws.gates, ws.aux)
+
+    def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
+        src = self._input_args(ws, p, x, idx, t0, t1)
+        self._run(ws, S._gru_forward_steps, S._gru_forward_rows, S.Span(t0, t1, ws.toff),
+                  src, self._cell(ws, p), self._saved(ws), self._scratch(ws))
 
     def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
         H, R = self.H, (s1 - s0) * v.B
@@ -96,23 +106,23 @@ class GRULayer(Layer):
         hh = v.rhh[:R]                                              # (R, 3H) or (R, 2H)
         matmul(hprev, v.pack_fwd["w_hh_t"], hh, threads=th)
         mode = GruStep.BEFORE_RZ if self.before else GruStep.AFTER
-        S._gru_gates_rows(nth, mode, xp, hh, p.b_hh, hprev, v.rh[:R], gates, aux)
+        out = GruOut(v.rh[:R], gates, aux)                          # h_t to scratch
+        S._gru_gates_rows(nth, mode, p.b_hh, xp, hh, hprev, out)
         if not self.before:
             return
         matmul(aux, v.pack_fwd["w_hn_t"], v.rhn[:R], threads=th)
-        S._gru_gates_rows(nth, GruStep.BEFORE_N, xp, v.rhn[:R], p.b_hh, hprev, v.rh[:R], gates,
-                          aux)
+        S._gru_gates_rows(nth, GruStep.BEFORE_N, p.b_hh, xp, v.rhn[:R], hprev, out)
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
         ws.dh_dir.fill(0)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
-        dxp, dhh = ws.xp, ws.dhh                    # (T, B, 3H) each; dxp reuses xp
-        drh = ws.drh if self.before else ws.dh_mm
-        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, self.before, t0, t1,
-                  ws.toff, self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.gates,
-                  ws.aux, ws.hs, dxp, dhh, ws.pack_bwd["w_hh"], drh)
+        # d(pre) (T, B, 3H) w.r.t. the projection goes over ws.xp, w.r.t. hh into ws.dhh
+        grads = S.GruGrads(dy, ws.dh_next, ws.dh_mm, ws.dh_dir, ws.dhh)
+        self._run(ws, S._gru_backward_steps, S._gru_backward_rows, S.Span(t0, t1, ws.toff),
+                  self._dx_args(ws), self._cell(ws, p), self._saved(ws), grads,
+                  self._scratch(ws))
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...kernels import runtime
 from ...kernels import steps as S
+from ...kernels.cells import LstmCell
 from ...kernels.matmul import matmul
 from . import Layer, LayerParams, Workspace
 
@@ -47,8 +48,13 @@ class LSTMLayer(Layer):
     def final_state(self, ws: Workspace) -> tuple:
         return (ws.hs[ws.T], ws.cs[ws.T])
 
-    def _peep(self, ws: Workspace, p: LayerParams):
-        return (p.peep, 1) if self.peepholes else (ws.nopeep, 0)
+    def _cell(self, ws: Workspace, p: LayerParams) -> LstmCell:
+        peep, use_peep = (p.peep, True) if self.peepholes else (ws.nopeep, False)
+        return LstmCell(ws.pack_fwd["w_hh_t"], ws.pack_bwd["w_hh"], p.b_hh, peep, use_peep)
+
+    @staticmethod
+    def _saved(ws: Workspace) -> S.LstmSaved:
+        return S.LstmSaved(ws.xp, ws.hs, ws.cs)
 
     def forward_start(self, ws: Workspace, p: LayerParams, state: tuple) -> None:
         super().forward_start(ws, p, state)
@@ -60,20 +66,18 @@ class LSTMLayer(Layer):
     # (2(T+1) + 4T) * B * H * s bytes; B=50, T=100, H=512, float32: 602 * 50 * 512 * 4 =
     # 61.6 MB per layer.  Backward writes the pre-activation gradients over the gates.
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
-        peep, use_peep = self._peep(ws, p)
-        self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, t0, t1,
-                  self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
-                  p.b_hh, peep, use_peep, ws.hs, ws.cs, ws.hh, ws.tc)
+        src = self._input_args(ws, p, x, idx, t0, t1)
+        self._run(ws, S._lstm_forward_steps, S._lstm_forward_rows, S.Span(t0, t1, ws.toff),
+                  src, self._cell(ws, p), self._saved(ws), S.LstmScratch(ws.hh, ws.tc))
 
     def _recompute_block(self, v: Workspace, p: LayerParams, s0: int, s1: int) -> None:
         H, R = self.H, (s1 - s0) * v.B
         hh = v.rhh[:R]                                               # (R, 4H)
         matmul(v.hs[s0:s1].reshape(R, H), v.pack_fwd["w_hh_t"], hh,
                threads=runtime.numba_threads())
-        peep, use_peep = self._peep(v, p)
-        S._lstm_gates_rows(self._row_threads(R), v.xp[s0:s1].reshape(R, 4 * H), hh, p.b_hh,
-                           peep, use_peep, v.cs[s0:s1].reshape(R, H), v.rh[:R], v.rc[:R],
-                           v.rtc[:R])
+        S._lstm_gates_rows(self._row_threads(R), self._cell(v, p),
+                           v.xp[s0:s1].reshape(R, 4 * H), hh, v.cs[s0:s1].reshape(R, H),
+                           v.rh[:R], v.rc[:R], v.rtc[:R])
 
     def backward_start(self, ws: Workspace, p: LayerParams) -> None:
         super().backward_start(ws, p)
@@ -82,11 +86,11 @@ class LSTMLayer(Layer):
             ws.dpeep.fill(0)
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
-        dpre = ws.xp                                # (T, B, 4H) gates in, their gradients out
-        peep, use_peep = self._peep(ws, p)
-        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, t0, t1, ws.toff,
-                  self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.dc, dpre, ws.cs, ws.tc,
-                  ws.pack_bwd["w_hh"], peep, use_peep, ws.dpeep)
+        # ws.xp (T, B, 4H): gates in, their gradients out
+        grads = S.LstmGrads(dy, ws.dh_next, ws.dh_mm, ws.dc, ws.dpeep)
+        self._run(ws, S._lstm_backward_steps, S._lstm_backward_rows, S.Span(t0, t1, ws.toff),
+                  self._dx_args(ws), self._cell(ws, p), self._saved(ws), grads,
+                  S.LstmScratch(ws.hh, ws.tc))
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
 

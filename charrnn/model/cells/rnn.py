@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...kernels import steps as S
+from ...kernels.cells import RnnCell
 from . import Layer, LayerParams, Workspace
 
 
 class RNNLayer(Layer):
     def __init__(self, cfg, index: int):
         super().__init__(cfg, index)
-        self.relu = 1 if cfg.nonlinearity == "relu" else 0
+        self.relu = cfg.nonlinearity == "relu"
 
     def _workspace(self, ws: Workspace, B: int, T: int, dtype) -> None:
         ws.hh = np.empty((B, self.H), dtype)        # (B, H) h_{t-1} W_hh^T
@@ -25,17 +26,21 @@ class RNNLayer(Layer):
     # float32: 51 * 50 * 256 * 4 = 2.6 MB per layer (plus the (T, B, H) projection
     # buffer, 2.6 MB, reused for the pre-activation gradients).
     def forward_steps(self, ws: Workspace, p: LayerParams, x, idx, t0: int, t1: int) -> None:
-        self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, self.relu, t0, t1,
-                  self._input_args(ws, p, x, idx, t0, t1), ws.xp, ws.pack_fwd["w_hh_t"],
-                  p.b_hh, ws.hs, ws.hh)
+        src = self._input_args(ws, p, x, idx, t0, t1)
+        self._run(ws, S._rnn_forward_steps, S._rnn_forward_rows, S.Span(t0, t1, ws.toff),
+                  src, self._cell(ws, p), S.RnnSaved(ws.xp, ws.hs), ws.hh)
+
+    def _cell(self, ws: Workspace, p: LayerParams) -> RnnCell:
+        return RnnCell(self.relu, ws.pack_fwd["w_hh_t"], ws.pack_bwd["w_hh"], p.b_hh)
 
     def recompute(self, v: Workspace, p: LayerParams, x, idx) -> None:
         """Nothing to rebuild: the backward steps read only h (kept) and write d(pre)
         over the projection buffer without reading it."""
 
     def backward_steps(self, ws: Workspace, p: LayerParams, dy, t0: int, t1: int) -> None:
-        dpre = ws.xp                                # (T, B, H) reuses the projection buffer
-        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, self.relu, t0, t1, ws.toff,
-                  self._dx_args(ws), dy, ws.dh_next, ws.dh_mm, ws.hs, dpre, ws.pack_bwd["w_hh"])
+        # d(pre) (T, B, H) goes over the projection buffer ws.xp
+        self._run(ws, S._rnn_backward_steps, S._rnn_backward_rows, S.Span(t0, t1, ws.toff),
+                  self._dx_args(ws), self._cell(ws, p), S.RnnSaved(ws.xp, ws.hs),
+                  S.RnnGrads(dy, ws.dh_next, ws.dh_mm))
         if t0 + ws.toff > 0:
             ws.dh_next = ws.dh_mm
