@@ -77,3 +77,15 @@ class DistributedError(CharrnnError):
 
 class DiskFullError(CharrnnError):
     """Writing failed because the disk is full (ENOSPC)."""
+
+
+def trap(signum: int, handler):
+    """``signal.signal(signum, handler)``, unless the process was started with that
+    signal ignored (``cmd &`` in a script, ``nohup``): an ignored Ctrl-C stays ignored,
+    as Unix tools do.  Returns the previous handler, or None when nothing was changed;
+    ValueError outside the main thread, as signal.signal."""
+    import signal
+
+    if signal.getsignal(signum) is signal.SIG_IGN:
+        return None
+    return signal.signal(signum, handler)

@@ -335,6 +335,33 @@ def test_sigterm_saves_and_exits_143(text_file, tmp_path):
     assert out == ""
 
 
+def test_an_ignored_sigint_stays_ignored(text_file, tmp_path):
+    """`charrnn train ... &` in a script (or nohup) starts with SIGINT ignored: a Ctrl-C
+    meant for the shell does not stop it, as with other Unix tools; SIGTERM still does."""
+    run = tmp_path / "run"
+    env = dict(os.environ, CHARRNN_THREADS="2")
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(text_file), "-o",
+                             str(run), *map(str, SMALL), "--max-epochs", "0", "--max-iters",
+                             "100000", "--eval-every", "20"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for _ in range(2):                      # at start-up, then while training
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+        _wait_for(run / "latest.safetensors", proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, err
+    assert "SIGINT" not in err
+
+
 def test_thread_count_change_on_one_numba_cache(text_file, tmp_path):
     """Kernels cached by a 1-thread process load and run in a 2-thread one (and back):
     train with --threads 1, resume with --threads 2, then sample and eval with each."""

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, trap
 
 _state = {"numba_ready": False, "threads": None, "blas_limiter": None}
 
@@ -160,8 +160,9 @@ def defer_signals_while_compiling() -> None:
     import threading
 
     main = threading.main_thread()
-    if _compiling["previous"] or threading.current_thread() is not main:
+    if _compiling.get("installed") or threading.current_thread() is not main:
         return
+    _compiling["installed"] = True
     import numba.core.event as ev
 
     class _CompileListener(ev.Listener):
@@ -184,8 +185,9 @@ def defer_signals_while_compiling() -> None:
         _signal_default(signum, frame)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        _compiling["previous"][sig] = signal.getsignal(sig)
-        signal.signal(sig, handler)
+        previous = signal.getsignal(sig)
+        if trap(sig, handler) is not None:
+            _compiling["previous"][sig] = previous
     ev.register("numba:compiler_lock", _CompileListener())
 
 

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import DataError, Interrupted, InputError
+from ..errors import DataError, Interrupted, InputError, trap
 from .fsutil import fsync_dir, os_message, pid_alive
 from .meta import DATA_FILES, DATA_FORMAT, read_json
 
@@ -122,7 +122,9 @@ def stop_on_sigterm(what: str = "prepare"):
     old = {}
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            old[sig] = signal.signal(sig, handler)
+            previous = trap(sig, handler)
+            if previous is not None:
+                old[sig] = previous
         yield
     finally:
         for sig, h in old.items():

@@ -8,6 +8,7 @@ import signal
 import time
 
 from .. import console
+from ..errors import trap
 
 
 @contextlib.contextmanager
@@ -43,9 +44,11 @@ class Signals:
     def __enter__(self):
         for s in (signal.SIGINT, signal.SIGTERM):
             try:
-                self._old[s] = signal.signal(s, self._handler)
+                old = trap(s, self._handler)
             except ValueError:           # not the main thread (tests): no handlers
-                pass
+                continue
+            if old is not None:
+                self._old[s] = old
         return self
 
     def __exit__(self, *exc):
