@@ -255,3 +255,24 @@ def test_cli_eval_bf16_and_a_bad_value(ckpt, tmp_path):
     assert "Invalid value for '--weights'" in bad.stderr
     bad = run_cli("sample", ckpt, "--weights", "fp16")
     assert bad.returncode == 2 and "Invalid value for '--weights'" in bad.stderr
+
+
+def test_thread_tuner_pieces_change_no_number():
+    """One stream's steps run in pieces on 2 threads or 1, whichever is faster: the
+    same characters and log-probabilities as one call on one thread."""
+    from charrnn.sampling.tuning import PROBE, ThreadTuner
+
+    m = _model(H=256, L=1)                   # W_hh 1024 x 256: rows shared by threads
+    for weights in ("int8", "float32"):
+        kw = dict(weights=weights) if weights != "float32" else dict(product=Product.THREADS)
+        tuned = Sampler(m, 1, seed=2, **kw)
+        if tuned.tuner is None:              # a one-core machine
+            tuned.tuner = ThreadTuner(2)
+        plain = Sampler(m, 1, seed=2, **kw)
+        plain.tuner, plain.threads = None, 1
+        a, b = tuned.generate(300), plain.generate(300)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert set(tuned.tuner.cost) == {2, 1} and PROBE < 300
+        seq = a[0]
+        np.testing.assert_array_equal(tuned.score_streams(seq), plain.score_streams(seq))

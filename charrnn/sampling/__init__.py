@@ -113,8 +113,13 @@ class Sampler:
         self.groups = 1
         if self.product != Product.ROWS:
             self.groups = max(1, min(runtime.numba_threads(), self.N // STREAMS_PER_THREAD))
-        # threads of one product: never inside the groups' own parallel region
+        # threads of one product: never inside the groups' own parallel region; for
+        # one stream, as many as are faster now (charrnn.sampling.tuning)
         self.threads = runtime.numba_threads() if self.groups == 1 else 1
+        self.tuner = None
+        if self.product == Product.THREADS and self.N == 1 and self.threads > 1:
+            from .tuning import ThreadTuner
+            self.tuner = ThreadTuner(self.threads)
         self.w = pack_weights(model)
         self.w.pack_products(self.product == Product.PACKED)
         self.w.reduce(precision)
@@ -131,27 +136,29 @@ class Sampler:
         out_lp = np.zeros((self.N, max(n_steps, 1)), np.float64)            # (N, S)
         if n_steps > 0:
             self._check_start()
+            targets = forced if targets is None else targets
             K = self._k
-            args = (self.options(), self.w.weights(),
-                    K.DrawOptions(self.temperature, self.top_k, self.top_p, self.greedy),
-                    K.Streams(self.h, self.c, self.cur, self.rng),
-                    K.Forced(forced, int(n_forced), bool(score_forced),
-                             forced if targets is None else targets), int(n_steps),
-                    out_ids, out_lp)
-            if self.groups > 1:
-                K._generate_streams(self.groups, *args)
+
+            def call(threads, forced, targets, t0, ids, lp):      # steps t0 .. of _run
+                args = (self.w.options(self.product, threads), self.w.weights(),
+                        K.DrawOptions(self.temperature, self.top_k, self.top_p, self.greedy),
+                        K.Streams(self.h, self.c, self.cur, self.rng),
+                        K.Forced(forced, max(0, int(n_forced) - t0), bool(score_forced),
+                                 targets), ids.shape[1], ids, lp)
+                if self.groups > 1:
+                    K._generate_streams(self.groups, *args)
+                else:
+                    K._generate_kernel(*args)
+            if self.tuner is not None:
+                self.tuner.run(call, forced, targets, out_ids, out_lp)
             else:
-                K._generate_kernel(*args)
+                call(self.threads, forced, targets, 0, out_ids, out_lp)
         return out_ids[:, :n_steps], out_lp[:, :n_steps]
 
     @property
     def blas(self):
         """The product mode (its old name)."""
         return self.product
-
-    def options(self):
-        """The kernel's CellOptions for this sampler's product mode and threads."""
-        return self.w.options(self.product, self.threads)
 
     def _check_start(self) -> None:
         """The ids the kernel reads first must index the weights, whatever a checkpoint
@@ -232,10 +239,11 @@ WEIGHTS = ("float32", "bf16", "int8")
 
 
 def auto_product(H: int, N: int, threads: int | None = None):
-    """The product mode (charrnn.kernels.modes.Product) for N streams of a model H wide:
-    the packed-weight kernel for several streams; for one, row dots, split between the
-    threads for a model wider than 256 on several threads (where BLAS gemv through
-    scipy was once used)."""
+    """The product mode (charrnn.kernels.modes.Product) for N float streams of a model H
+    wide: the packed-weight kernel for several streams; for one, row dots, their rows
+    split between the threads for a model wider than 256 on several threads (the same
+    numbers as on one; LSTM 3x512 on an idle Zen 3: 1,596 chars/s against the packed
+    kernel's 1,003), else on one thread."""
     from ..kernels.modes import Product
 
     if threads is None:
