@@ -57,8 +57,10 @@ demo: install
 	    --schedule cosine --warmup-iters 50 --eval-every 1000 --threads 1
 	charrnn sample $(DEMO_DIR)/run -n 600 --temperature 0.8 --seed 1
 
+# one pytest-xdist worker per core (TEST_WORKERS=1: one after another, as plain pytest)
+TEST_WORKERS ?= auto
 test: install-dev install-mpi
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 lint:
 	$(PYTHON) -m ruff check charrnn tests benchmarks

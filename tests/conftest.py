@@ -7,6 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+# `make test` runs the suite in two pytest-xdist workers, so every kernel and CLI process
+# of one worker shares the cores with the other's.  OpenMP threads that spin while they
+# wait (charrnn's default, for speed) would then wait for a core the other worker holds:
+# one resume test went from 20 s to over 300 s.  Waiting passively costs only speed,
+# never a result (the numbers are the same bits on any thread count and wait policy).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 
