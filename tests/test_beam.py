@@ -4,6 +4,7 @@ the N beams as one batch per kernel call, and the command (--json, conflicts).""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -241,6 +242,9 @@ def test_cli_beam_json_greedy_and_conflicts(ckpt):
     assert set(recs[0]) == {"beam", "prime", "text", "chars", "logprob", "bpc", "score",
                             "stopped"}
     assert [x["text"] for x in recs] == [b.text for b in ref]
+    for x in recs:     # chars, logprob and bpc cover the same characters (stop included)
+        assert x["chars"] == len(x["text"]) + (1 if x["stopped"] else 0)
+        assert x["bpc"] == pytest.approx(-x["logprob"] / x["chars"] / math.log(2), abs=1e-5)
     assert [x["score"] for x in recs] == sorted((x["score"] for x in recs), reverse=True)
     best = _cli(ckpt, "-n", "30", "--beam", "5", "--prime", "And", "--stop", "e",
                 "--length-penalty", "0.5")

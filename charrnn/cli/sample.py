@@ -173,8 +173,9 @@ def _beam(ctx, ckpt, latest, length, prime, prime_file, no_echo, stop, beams, al
     """--beam N: the N beams run as one batch (charrnn.sampling.beam.beam_search); the best
     beam's text is printed (after the prime unless --no-echo), or with --json one object
     per beam, best first: {"beam", "prime", "text", "chars", "logprob", "bpc", "score",
-    "stopped"} (logprob: total, nats, of the generated characters, the stop string
-    included when stopped; bpc: bits per such character; score: the ranking key)."""
+    "stopped"} (chars: the characters generated, the stop string included when
+    stopped, which "text" leaves out; logprob: their total log-probability, nats; bpc:
+    bits per such character; score: the ranking key)."""
     for name in BEAM_CONFLICTS:
         if given(ctx, name):
             raise click.UsageError(f"--beam is a deterministic search: it takes no "

@@ -32,7 +32,7 @@ class BeamResult:
     def to_json(self) -> dict:
         bpc = -self.logprob / self.length / np.log(2) if self.length else 0.0
         return {"beam": self.rank, "prime": self.prime, "text": self.text,
-                "chars": len(self.text), "logprob": round(float(self.logprob), 6),
+                "chars": self.length, "logprob": round(float(self.logprob), 6),
                 "bpc": round(float(bpc), 6), "score": round(float(self.score), 6),
                 "stopped": self.stopped}
 
