@@ -76,17 +76,3 @@ def invoke(capsys):
     """``invoke(argv, input=None)``: :func:`run_main` with this test's capsys."""
     return lambda argv, input=None: run_main(argv, capsys, input)
 
-
-def pytest_sessionstart(session):
-    """Under pytest-xdist on a cold kernel cache (a clean clone), compile the kernels of
-    the command-line tests first, in two processes side by side (tests/warm.py), instead
-    of in every worker at once."""
-    config = session.config
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
-        return
-    if any((ROOT / "charrnn" / "kernels" / "__pycache__").glob("*.nbi")):
-        return                                  # compiled before: nothing to share
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "warm.py"), part],
-                              cwd=ROOT) for part in ("train", "sample")]
-    for p in procs:
-        p.wait()         # a failure is no reason to stop: the tests themselves will say
