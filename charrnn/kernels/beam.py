@@ -28,7 +28,7 @@ import numpy as np
 
 from .gates import argmax_row, log_softmax_at, log_sum_exp_shifted
 from .jit import jit
-from .sample import forward_step, head_logits, new_scratch
+from .sample import copy_streams, forward_step, head_logits, new_scratch
 
 
 class BeamOptions(NamedTuple):
@@ -150,8 +150,8 @@ def beam_kernel(opts, wts, st, beams, bo, pool, t0, n_steps, parents, tokens, fl
                     _offer(pool, c / penalty(bo.alpha, g + 1), c, g + 1, b, v)
                 elif kept < N or c > cs[N - 1]:
                     kept = _keep(cs, cf, kept, c, b * V + v)
-        h_old[...] = st.h
-        c_old[...] = st.c
+        copy_streams(h_old, 0, st.h, 0, N)
+        copy_streams(c_old, 0, st.c, 0, N)
         for i in range(N):
             if i < kept:
                 p = cf[i] // V
@@ -166,9 +166,10 @@ def beam_kernel(opts, wts, st, beams, bo, pool, t0, n_steps, parents, tokens, fl
             parents[t, i] = p if i < kept else -1
             tokens[t, i] = v
             st.cur[i] = v
-            st.h[:, i] = h_old[:, p]
-            st.c[:, i] = c_old[:, p]
-        beams.match[:] = match
+            copy_streams(st.h, i, h_old, p, 1)
+            copy_streams(st.c, i, c_old, p, 1)
+        for i in range(N):
+            beams.match[i] = match[i]
         if g + 1 >= bo.length:
             flags[0] = 1
             return t + 1

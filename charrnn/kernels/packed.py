@@ -158,7 +158,8 @@ def _panel_tiles(a, wp, p, bias, c):
     scratch = np.zeros((MR + 1, nr), c.dtype)       # MR rows of output, then the bias
     bb = 0
     if bias.shape[0] > 0:
-        scratch[MR, :n] = bias[j0:j0 + n]
+        for j in range(n):          # a loop, not a slice assignment: see sample.copy_streams
+            scratch[MR, j] = bias[j0 + j]
         bb = scratch[MR].ctypes.data
     i = 0
     for q in range(tiles):

@@ -388,6 +388,17 @@ def _generate_kernel(opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
 
 
 @jit
+def copy_streams(dst, d, src, s, n):
+    """``dst[:, d:d+n] = src[:, s:s+n]`` for (L, N, H) stream states, in plain loops: a
+    slice assignment makes numba compile a shape check whose error message is built by
+    string formatting, which adds seconds to the compilation of every kernel using one."""
+    for k in range(dst.shape[0]):
+        for i in range(n):
+            for j in range(dst.shape[2]):
+                dst[k, d + i, j] = src[k, s + i, j]
+
+
+@jit
 def _generate_group(g, nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp):
     """Group g of ``nth`` of :func:`_generate_streams`: its streams' state copied to
     contiguous buffers, :func:`_generate_kernel`, and the state copied back.  (A
@@ -396,13 +407,15 @@ def _generate_group(g, nth, opts, wts, draw, st, forced, n_steps, out_ids, out_l
     N = st.cur.shape[0]
     n0 = N * g // nth
     n1 = N * (g + 1) // nth
-    hg = np.ascontiguousarray(st.h[:, n0:n1])                         # (L, n, H)
-    cg = np.ascontiguousarray(st.c[:, n0:n1])                         # (L or 1, n, H)
+    hg = np.empty((st.h.shape[0], n1 - n0, st.h.shape[2]), st.h.dtype)    # (L, n, H)
+    cg = np.empty((st.c.shape[0], n1 - n0, st.c.shape[2]), st.c.dtype)    # (L or 1, n, H)
+    copy_streams(hg, 0, st.h, n0, n1 - n0)
+    copy_streams(cg, 0, st.c, n0, n1 - n0)
     sub = Streams(hg, cg, st.cur[n0:n1], st.rng[n0:n1])
     fg = Forced(forced.ids[n0:n1], forced.n, forced.score, forced.targets[n0:n1])
     _generate_kernel(opts, wts, draw, sub, fg, n_steps, out_ids[n0:n1], out_lp[n0:n1])
-    st.h[:, n0:n1] = hg
-    st.c[:, n0:n1] = cg
+    copy_streams(st.h, n0, hg, 0, n1 - n0)
+    copy_streams(st.c, n0, cg, 0, n1 - n0)
 
 
 @pjit
@@ -412,4 +425,5 @@ def _generate_streams(nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp
     another, and each carries its own generator, so the split changes nothing but the
     speed (each group's state is copied to a contiguous buffer and back)."""
     for g in prange(nth):
-        _generate_group(g, nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp)
+        # int64 here and in the parallel body (which types g as unsigned): one compile
+        _generate_group(np.int64(g), nth, opts, wts, draw, st, forced, n_steps, out_ids, out_lp)

@@ -40,8 +40,9 @@ class PackedWeights:
 
     def reduce(self, precision) -> None:
         """Stores W_ih (layers 1..), W_hh and the head's weight in ``precision``
-        (modes.Precision; charrnn.kernels.quant): the float copies become zero-stride
-        stand-ins that keep only the shapes.  FLOAT: stand-ins for the reduced ones."""
+        (modes.Precision; charrnn.kernels.quant): the float copies become stand-ins
+        that keep only the shapes (:func:`_shape_only`).  FLOAT: stand-ins for the
+        reduced ones."""
         from ..kernels.modes import Precision
         from ..kernels.quant import quantize_bf16, quantize_int8
 
@@ -104,8 +105,11 @@ class PackedWeights:
 
 
 def _shape_only(a: np.ndarray) -> np.ndarray:
-    """An array of a's shape and dtype that holds one element (every stride 0)."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, a.dtype), a.shape, (0,) * a.ndim)
+    """A zero array of a's shape and dtype that the kernels never touch, so its pages
+    are never made resident (numpy allocates zeros with calloc).  Contiguous, as the
+    float weights are: an array of another layout would compile the whole generation
+    kernel once more."""
+    return np.zeros(a.shape, a.dtype)
 
 
 def pack_weights(model) -> PackedWeights:
