@@ -17,12 +17,6 @@ Only the weights are reduced.  The activations, the state, the biases, the gate 
 and every sum stay in the model's dtype: a product is ``y[j] = s_j * sum_i w(q[j, i]) *
 x[i]``, each weight widened to float32 as it is read.
 
-Storage: the generation kernel gets both reduced kinds as rows of bytes (uint8; int8:
-C bytes a row, bf16: 2C), which :func:`rows_product` views as int8 or uint16 (a view of
-the whole matrix: views per row cost more than the dots of a small row), so one
-compiled kernel serves float32, int8 and bf16 alike.  The functions here take int8,
-uint16 or those bytes.
-
 Products (``Y (N, R) = X (N, C) @ W^T``, W row-major (R, C), each output element one
 dot of a contiguous weight row with a contiguous input row; LLVM vectorises the dots):
 :func:`rows_product` computes a range of rows on one thread, or with ``nth`` > 1 splits
@@ -86,49 +80,19 @@ def quantize_bf16(w: np.ndarray) -> np.ndarray:
     return r
 
 
-def stored(q: np.ndarray) -> np.ndarray:
-    """The bytes the generation kernel keeps of int8 or bfloat16 (uint16) weights q
-    (..., C): uint8 (..., C) or (..., 2C), a view."""
-    return np.ascontiguousarray(q).view(np.uint8)
-
-
-@jit
-def _widen(prec, w, row):
-    """row (C,) = the values of one weight row ``w`` (int8, bfloat16 bits or float; INT8
-    without its scale)."""
-    C = row.shape[0]
-    if prec == Precision.INT8:
-        for i in range(C):
-            row[i] = int8_value(w[i])
-    elif prec == Precision.BF16:
-        for i in range(C):
-            row[i] = bf16_value(w[i])
-    else:
-        for i in range(C):
-            row[i] = w[i]
-
-
-@jit
-def _dequantize(prec, q, s, out):
-    R, C = out.shape
-    for j in range(R):
-        if prec == Precision.INT8:
-            for i in range(C):
-                out[j, i] = int8_value(q[j, i]) * s[j]        # in float32, as read
-        else:
-            _widen(prec, q[j], out[j])
-
-
 @jit
 def dequantize(prec, q, s, out):
-    """out (R, C) = the weights q (R, C) (or their bytes) stand for (scales s (R,) for
-    INT8), by the conversions the products use."""
-    if prec == Precision.INT8:
-        _dequantize(prec, q.view(np.int8), s, out)
-    elif prec == Precision.BF16:
-        _dequantize(prec, q.view(np.uint16), s, out)
-    else:
-        _dequantize(prec, q, s, out)
+    """out (R, C) = the weights q (R, C) stand for (scales s (R,) for INT8), by the
+    conversions the products use."""
+    R, C = q.shape
+    for j in range(R):
+        for i in range(C):
+            if prec == Precision.INT8:
+                out[j, i] = int8_value(q[j, i]) * s[j]
+            elif prec == Precision.BF16:
+                out[j, i] = bf16_value(q[j, i])
+            else:
+                out[j, i] = q[j, i]
 
 
 # ------------------------------------------------------------------ dots and products
@@ -182,9 +146,19 @@ def _rows(prec, W, S, X, Y, r0, r1):
         for j in range(r0, r1):
             y[j] = _row_dot(prec, W, S, j, x)
         return
-    row = np.empty(X.shape[1], X.dtype)                                    # (C,)
+    C = W.shape[1]
+    row = np.empty(C, X.dtype)                                             # (C,)
     for j in range(r0, r1):
-        _widen(prec, W[j], row)
+        w = W[j]
+        if prec == Precision.INT8:
+            for i in range(C):
+                row[i] = int8_value(w[i])
+        elif prec == Precision.BF16:
+            for i in range(C):
+                row[i] = bf16_value(w[i])
+        else:
+            for i in range(C):
+                row[i] = w[i]
         for n in range(N):
             if prec == Precision.INT8:
                 Y[n, j] = _dot(row, X[n]) * S[j]
@@ -203,25 +177,14 @@ def _rows_threads(prec, nth, W, S, X, Y):
 @jit
 def rows_product(prec, nth, W, S, X, Y):
     """Y (N, R) = X (N, C) @ W (R, C)^T, W of precision ``prec`` (scales S (R,) for
-    INT8; W may be the rows' bytes, module docstring); its rows shared by ``nth``
-    threads when W is large enough.  Never call with ``nth`` > 1 from inside a parallel
-    region."""
-    if prec == Precision.INT8:
-        _rows_product(prec, nth, W.view(np.int8), S, X, Y)
-    elif prec == Precision.BF16:
-        _rows_product(prec, nth, W.view(np.uint16), S, X, Y)
-    else:
-        _rows_product(prec, nth, W, S, X, Y)
-
-
-@jit
-def _rows_product(prec, nth, W, S, X, Y):
-    R = W.shape[0]
-    if nth > 1 and R * X.shape[1] >= PARALLEL_MIN:
+    INT8); its rows shared by ``nth`` threads when W is large enough.  Never call with
+    ``nth`` > 1 from inside a parallel region."""
+    R, C = W.shape
+    if nth > 1 and R * C >= PARALLEL_MIN:
         _rows_threads(prec, min(nth, R), W, S, X, Y)
     else:
         _rows(prec, W, S, X, Y, 0, R)
 
 
 __all__ = ["PARALLEL_MIN", "bf16_value", "dequantize", "int8_value",
-           "quantize_bf16", "quantize_int8", "rows_product", "stored"]
+           "quantize_bf16", "quantize_int8", "rows_product"]

@@ -15,9 +15,8 @@ contiguous)::
     head_w  (V, H), head_b (V,)
     q_ih, s_ih, q_hh, s_hh, q_head, s_head
             the same matrices in reduced precision for ``--weights int8|bf16``
-            (charrnn.kernels.quant: int8 or bfloat16 bits stored as bytes, float32
-            row scales); w_ih, w_hh and head_w are then untouched zero arrays that
-            keep the shapes
+            (charrnn.kernels.quant: int8 or bfloat16 bits, float32 row scales);
+            w_ih, w_hh and head_w are then zero-stride stand-ins for the shapes
 
 State ``h``, ``c`` (L, N, H) (``c`` is a dummy (1, N, H) for GRU/RNN) and the next
 input ``cur`` (N,) are updated in place, so consecutive calls continue one another
@@ -96,7 +95,7 @@ class Weights(NamedTuple):
     pw_head: np.ndarray   # (P, H, NR) head.weight^T
     # the matrices in reduced precision (Precision.FLOAT: (L, 1, 1) stand-ins); a
     # tuple of their own would not pass into numba's parallel regions
-    q_ih: np.ndarray      # (L, G*H, H or 2H) uint8: int8 or bfloat16 bytes (quant.stored)
+    q_ih: np.ndarray      # (L, G*H, H) int8 or uint16 (bfloat16 bits)
     s_ih: np.ndarray      # (L, G*H) float32 row scales (int8; ones for bf16)
     q_hh: np.ndarray      # (L, G*H, H)
     s_hh: np.ndarray      # (L, G*H)

@@ -44,16 +44,16 @@ class PackedWeights:
         that keep only the shapes (:func:`_shape_only`).  FLOAT: stand-ins for the
         reduced ones."""
         from ..kernels.modes import Precision
-        from ..kernels.quant import quantize_bf16, quantize_int8, stored
+        from ..kernels.quant import quantize_bf16, quantize_int8
 
         w = self.arrays
         self.precision = Precision(precision)
         L = w.w_hh.shape[0]
         if self.precision == Precision.FLOAT:
             self.arrays = w._replace(
-                q_ih=np.zeros((L, 1, 1), np.uint8), s_ih=np.ones((L, 1), np.float32),
-                q_hh=np.zeros((L, 1, 1), np.uint8), s_hh=np.ones((L, 1), np.float32),
-                q_head=np.zeros((1, 1), np.uint8), s_head=np.ones(1, np.float32))
+                q_ih=np.zeros((L, 1, 1), np.int8), s_ih=np.ones((L, 1), np.float32),
+                q_hh=np.zeros((L, 1, 1), np.int8), s_hh=np.ones((L, 1), np.float32),
+                q_head=np.zeros((1, 1), np.int8), s_head=np.ones(1, np.float32))
             return
         mats = (w.w_ih, w.w_hh, w.head_w)
         if not all(np.isfinite(m).all() for m in mats):
@@ -64,7 +64,6 @@ class PackedWeights:
         else:
             q_ih, q_hh, q_hd = (quantize_bf16(m) for m in mats)
             s_ih, s_hh, s_hd = (np.ones(m.shape[:-1], np.float32) for m in mats)
-        q_ih, q_hh, q_hd = stored(q_ih), stored(q_hh), stored(q_hd)   # one kernel for all
         self.arrays = w._replace(q_ih=q_ih, s_ih=s_ih, q_hh=q_hh, s_hh=s_hh, q_head=q_hd,
                                  s_head=s_hd, w_ih=_shape_only(w.w_ih),
                                  w_hh=_shape_only(w.w_hh), head_w=_shape_only(w.head_w))
