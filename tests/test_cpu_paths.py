@@ -144,7 +144,7 @@ def test_numpy_fallback_trains_like_the_default_path(tmp_path):
     CHARRNN_CPU_PATH=numpy gives the default path's validation losses to rounding."""
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 60)
-    args = ["--cell", "gru", "--layers", "2", "--hidden", "24", "--batch-size", "4",
+    args = ["--cell", "rnn", "--layers", "2", "--hidden", "24", "--batch-size", "4",
             "--seq-len", "16", "--eval-every", "5", "--max-iters", "15", "--seed", "3"]
     losses = {}
     for name, switches in (("default", {}), ("numpy", {"CHARRNN_CPU_PATH": "numpy"})):
