@@ -57,10 +57,12 @@ demo: install
 	    --schedule cosine --warmup-iters 50 --eval-every 1000 --threads 1
 	charrnn sample $(DEMO_DIR)/run -n 600 --temperature 0.8 --seed 1
 
-# one pytest-xdist worker per core (TEST_WORKERS=1: one after another, as plain pytest)
+# one pytest-xdist worker per core (TEST_WORKERS=1: one after another, as plain pytest);
+# an idle worker takes pending tests from the busy one (worksteal), so a run of long
+# compiling tests at the end does not leave a core idle
 TEST_WORKERS ?= auto
 test: install-dev install-mpi
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint:
 	$(PYTHON) -m ruff check charrnn tests benchmarks
